@@ -1,0 +1,49 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.basename(path)
+    # keep the full ending (e.g. .nii.gz) so writers that pick a format by name still work
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix=f"_{base}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json_atomic(obj: Any, path: str, indent: int = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent, sort_keys=False)
+
+
+def save_npz_atomic(path: str, compress: bool = True, **arrays: np.ndarray) -> None:
+    """Write arrays to an ``.npz`` file atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+def torch_save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,130 @@
+"""Building blocks of the U-Nets: conv -> norm -> dropout -> PReLU units and residual units (2D or 3D).
+
+The number of spatial dimensions of a block is the length of its kernel (or stride) tuple.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from osmedseg.errors import OsmError
+
+NORMS = ("instance", "batch", "group", "layer")
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_TRANSPOSED = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Normalisation and dropout options shared by every conv unit of a network.
+
+    `norm_affine=None` picks MONAI's defaults: no affine for instance norm, affine for the others.
+    'layer' is GroupNorm with one group; 'group' uses gcd(norm_groups, channels) groups.
+    """
+
+    norm: str = "instance"
+    norm_affine: bool | None = None
+    norm_groups: int = 8
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise OsmError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise OsmError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm_groups < 1:
+            raise OsmError(f"norm_groups must be >= 1, got {self.norm_groups}")
+
+    def make_norm(self, channels: int, dims: int) -> nn.Module:
+        """A normalisation layer for `channels` feature maps with `dims` spatial dimensions."""
+        affine = self.norm != "instance" if self.norm_affine is None else self.norm_affine
+        if self.norm == "instance":
+            return _INSTANCE_NORM[dims](channels, affine=affine)
+        if self.norm == "batch":
+            return _BATCH_NORM[dims](channels, affine=affine)
+        groups = 1 if self.norm == "layer" else math.gcd(self.norm_groups, channels)
+        return nn.GroupNorm(groups, channels, affine=affine)
+
+
+def _dims(shape: Sequence[int]) -> int:
+    if len(shape) not in _CONV:
+        raise OsmError(f"only 2D and 3D networks are supported, got a kernel/stride of length {len(shape)}")
+    return len(shape)
+
+
+def conv(in_channels: int, out_channels: int, kernel: Sequence[int]) -> nn.Module:
+    """A plain 'same'-padded convolution with bias (odd kernel sizes)."""
+    return _CONV[_dims(kernel)](in_channels, out_channels, tuple(kernel), padding=tuple(k // 2 for k in kernel))
+
+
+def max_pool(stride: Sequence[int]) -> nn.Module:
+    """Max-pooling by `stride` per axis; ceil mode so odd sizes keep their last row."""
+    return _MAX_POOL[_dims(stride)](tuple(stride), tuple(stride), ceil_mode=True)
+
+
+def up_kernel(stride: Sequence[int]) -> tuple[int, ...]:
+    """Transposed-conv kernel: 3 on upsampled axes (as in the authors' code), 1 on the others."""
+    return tuple(3 if s > 1 else 1 for s in stride)
+
+
+class ConvUnit(nn.Sequential):
+    """conv -> norm -> dropout -> PReLU (MONAI's N-D-A ordering).
+
+    With `up` (a stride per axis) the conv is transposed and multiplies each size by that stride exactly.
+    """
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        in_channels: int,
+        out_channels: int,
+        kernel: Sequence[int],
+        up: Sequence[int] | None = None,
+    ) -> None:
+        dims = _dims(kernel)
+        if up is None:
+            layer = conv(in_channels, out_channels, kernel)
+        else:
+            layer = _CONV_TRANSPOSED[dims](
+                in_channels,
+                out_channels,
+                tuple(kernel),
+                stride=tuple(up),
+                padding=tuple(k // 2 for k in kernel),
+                output_padding=tuple(s - 1 for s in up),
+            )
+        parts: list[nn.Module] = [layer, spec.make_norm(out_channels, dims)]
+        if spec.dropout > 0:
+            parts.append(nn.Dropout(spec.dropout))
+        parts.append(nn.PReLU())
+        super().__init__(*parts)
+
+
+class DoubleConv(nn.Sequential):
+    """Two conv units: in -> out -> out."""
+
+    def __init__(self, spec: LayerSpec, in_channels: int, out_channels: int, kernel: Sequence[int]) -> None:
+        super().__init__(
+            ConvUnit(spec, in_channels, out_channels, kernel), ConvUnit(spec, out_channels, out_channels, kernel)
+        )
+
+
+class ResidualUnit(nn.Module):
+    """MONAI-style residual unit: a double conv plus a shortcut (1x1 projection when channels change)."""
+
+    def __init__(self, spec: LayerSpec, in_channels: int, out_channels: int, kernel: Sequence[int]) -> None:
+        super().__init__()
+        self.body = DoubleConv(spec, in_channels, out_channels, kernel)
+        self.shortcut: nn.Module = (
+            nn.Identity() if in_channels == out_channels else conv(in_channels, out_channels, (1,) * len(kernel))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)

@@ -1,0 +1,38 @@
+"""Python API of ``osm_plan_and_preprocess``: fingerprint, plan and preprocess one dataset."""
+from __future__ import annotations
+
+import os
+import shutil
+
+from osmedseg.dataset.cases import load_raw_dataset
+from osmedseg.dataset.integrity import verify_dataset_integrity
+from osmedseg.planning.fingerprint import extract_fingerprint, save_fingerprint
+from osmedseg.planning.planner import ExperimentPlanner
+from osmedseg.planning.plans import save_plans
+from osmedseg.preprocessing.run import preprocess_dataset
+from osmedseg.utilities.atomic import atomic_path
+from osmedseg.utilities.class_lookup import find_class
+
+
+def plan_and_preprocess(raw_dataset_folder: str, preprocessed_root: str, planner_name: str = "ExperimentPlanner",
+                        gpu_memory_target_gb: float | None = None, overwrite_target_spacing: list[float] | None = None,
+                        configurations: tuple[str, ...] = ("registration", "segmentation"), num_processes: int = 2,
+                        verify_integrity: bool = False, preprocess: bool = True, seed: int = 12345,
+                        disable_pbar: bool = False) -> dict:
+    """Run every step for one dataset and return the plans; outputs go to ``preprocessed_root/<dataset>/``."""
+    dataset = load_raw_dataset(raw_dataset_folder)
+    if verify_integrity:
+        verify_dataset_integrity(dataset, num_processes, disable_pbar)
+    out = os.path.join(preprocessed_root, dataset.name)
+    fingerprint = extract_fingerprint(dataset, num_processes, disable_pbar=disable_pbar)
+    os.makedirs(out, exist_ok=True)
+    save_fingerprint(fingerprint, out)
+    planner_class = find_class("osmedseg.planning", planner_name, ExperimentPlanner)
+    plans = planner_class(fingerprint, gpu_memory_target_gb, overwrite_target_spacing).plan()
+    plans["seed"] = seed
+    save_plans(plans, out)
+    with atomic_path(os.path.join(out, "dataset.json")) as tmp:
+        shutil.copyfile(os.path.join(raw_dataset_folder, "dataset.json"), tmp)
+    if preprocess:
+        preprocess_dataset(dataset, plans, out, configurations, num_processes, seed, disable_pbar)
+    return plans

@@ -1,0 +1,67 @@
+"""Preprocessed case caches: one ``<case>.npz`` (``data``, optional ``seg``) and one ``<case>.json`` of properties.
+
+The JSON is written last, so its presence marks a complete case; a killed run leaves no half-written file
+(both are written atomically) and a rerun recomputes only what is missing or was made with other plans.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from osmedseg.errors import OsmError
+from osmedseg.utilities.atomic import save_json_atomic, save_npz_atomic
+
+
+def configuration_hash(configuration: dict) -> str:
+    """A short hash of a plans configuration; caches made with other plans are recomputed."""
+    return hashlib.sha1(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def case_files(folder: str, case_id: str) -> tuple[str, str]:
+    return os.path.join(folder, f"{case_id}.npz"), os.path.join(folder, f"{case_id}.json")
+
+
+def write_case(folder: str, case_id: str, data: np.ndarray, seg: np.ndarray | None, properties: dict) -> None:
+    """Write one case atomically: arrays first, properties (the completion marker) last."""
+    npz, props = case_files(folder, case_id)
+    arrays = {"data": data.astype(np.float32, copy=False)}
+    if seg is not None:
+        arrays["seg"] = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8, copy=False)
+    save_npz_atomic(npz, **arrays)
+    save_json_atomic(properties, props)
+
+
+def is_complete(folder: str, case_id: str, plans_hash: str) -> bool:
+    """True if the case was cached completely with the given plans."""
+    npz, props = case_files(folder, case_id)
+    if not (os.path.isfile(npz) and os.path.isfile(props)):
+        return False
+    with open(props) as f:
+        return json.load(f).get("plans_hash") == plans_hash
+
+
+def read_properties(folder: str, case_id: str) -> dict:
+    _, props = case_files(folder, case_id)
+    if not os.path.isfile(props):
+        raise OsmError(f"{props}: preprocessed case missing; run osm_plan_and_preprocess")
+    with open(props) as f:
+        return json.load(f)
+
+
+def read_case(folder: str, case_id: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Load ``(data, seg or None, properties)`` of one cached case."""
+    properties = read_properties(folder, case_id)
+    npz, _ = case_files(folder, case_id)
+    with np.load(npz) as arrays:
+        return arrays["data"], (arrays["seg"] if "seg" in arrays else None), properties
+
+
+def list_cached_cases(folder: str, role: str | None = None) -> list[str]:
+    """Case ids with a properties file in ``folder`` (optionally only those of ``role``), sorted."""
+    if not os.path.isdir(folder):
+        return []
+    ids = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".json") and not f.startswith("."))
+    return [i for i in ids if role is None or read_properties(folder, i).get("role") == role]

@@ -26,6 +26,10 @@ setup(
             "osm_make_demo=osmedseg.cli.make_demo:main",
             "osm_plan_and_preprocess=osmedseg.cli.plan_and_preprocess:main",
             "osm_evaluate=osmedseg.cli.evaluate:main",
+            "osm_overlay=osmedseg.cli.overlay:main",
+            "osm_convert=osmedseg.cli.convert:main",
+            "osm_train=osmedseg.cli.train:main",
+            "osm_predict=osmedseg.cli.predict:main",
         ],
     },
 )

@@ -2,25 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from osmedseg.cli.common import cli_entry
-from osmedseg.dataset.dataset_json import foreground_labels, validate_dataset_json
+from osmedseg.dataset.dataset_json import foreground_labels, load_dataset_json_file
 from osmedseg.errors import OsmError
 from osmedseg.evaluation.summary import NOTES, evaluate_folders, format_table
-
-
-def _labels_from_dataset_json(path: str) -> list[int]:
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except OSError as e:
-        raise OsmError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OsmError(f"{path}: malformed JSON ({e})") from None
-    validate_dataset_json(info, path)
-    return foreground_labels(info)
 
 
 @cli_entry
@@ -41,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         raise OsmError(f"-np must be 0 or more, got {args.num_processes}")
     labels = args.labels
     if labels is None and args.djfile is not None:
-        labels = _labels_from_dataset_json(args.djfile)
+        labels = foreground_labels(load_dataset_json_file(args.djfile))
     if labels is not None and min(labels) < 0:
         raise OsmError(f"-l: labels must be non-negative, got {labels}")
     output = args.output or os.path.join(args.pred, "summary.json")

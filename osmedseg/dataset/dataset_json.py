@@ -12,7 +12,11 @@ REQUIRED_KEYS = ("name", "channel_names", "labels", "file_ending", "numTraining"
 
 def load_dataset_json(dataset_folder: str) -> dict:
     """Load and validate ``dataset_folder/dataset.json``; problems raise an OsmError naming the file."""
-    path = os.path.join(dataset_folder, "dataset.json")
+    return load_dataset_json_file(os.path.join(dataset_folder, "dataset.json"))
+
+
+def load_dataset_json_file(path: str) -> dict:
+    """Load and validate a dataset.json file given by its path."""
     if not os.path.isfile(path):
         raise OsmError(f"{path}: missing dataset.json")
     try:

@@ -17,7 +17,8 @@ from scipy import ndimage
 from osmedseg.utilities.atomic import atomic_path
 
 PLANES = ("axial", "coronal", "sagittal")
-_COLOURS = np.asarray(colormaps["tab20"].colors)
+_TAB20 = np.asarray(colormaps["tab20"].colors)
+_COLOURS = np.concatenate([_TAB20[0::2], _TAB20[1::2]])  # the 10 strong colours first, then their light pairs
 _FILL_ALPHA, _PANEL_INCHES = 0.35, 3.0
 
 

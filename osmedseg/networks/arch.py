@@ -5,7 +5,7 @@ Example (the OS-MedSeg default)::
     {"features_per_stage": [16, 32, 64, 128, 256],
      "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
      "kernel_sizes": [[3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-     "norm": "instance", "residual_encoder": null}
+     "norm": "instance", "residual_encoder": false}
 
 Stage 0 runs at full resolution (stride 1); stage s > 0 first max-pools by `strides[s]`. An integer instead of a
 per-axis list means the same value on every axis (3D unless another entry gives the dimension).
@@ -44,13 +44,13 @@ def _infer_dims(*candidates: Sequence[int | Sequence[int]] | None) -> int:
 class UNetArch:
     """Topology and layer options of a U-Net; `strides`/`kernel_sizes` default to 1-then-2 and 3 everywhere.
 
-    `residual_encoder=None` means the network kind's default (plain for the student, residual for the teacher).
+    `residual_encoder` switches the student to residual encoder units (METHODS 10.3); the teacher always has them.
     """
 
     features_per_stage: tuple[int, ...] = (16, 32, 64, 128, 256)
     strides: tuple[tuple[int, ...], ...] | None = None
     kernel_sizes: tuple[tuple[int, ...], ...] | None = None
-    residual_encoder: bool | None = None
+    residual_encoder: bool = False
     layers: LayerSpec = field(default_factory=LayerSpec)
 
     def __post_init__(self) -> None:

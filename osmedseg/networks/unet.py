@@ -24,18 +24,18 @@ from osmedseg.networks.blocks import ConvUnit, DoubleConv, ResidualUnit, conv, m
 NetworkOutput = dict[str, Any]
 
 
+def _as_arch(arch: UNetArch | Mapping[str, Any] | None) -> UNetArch:
+    return arch if isinstance(arch, UNetArch) else UNetArch.from_dict(arch or {})
+
+
 class UNet(nn.Module):
     """Encoder-decoder shared by the student and teacher; subclasses add a head and define `forward`."""
 
-    default_residual_encoder = False
-
-    def __init__(self, in_channels: int, arch: UNetArch | Mapping[str, Any] | None = None, hint_layers: int = 2):
+    def __init__(self, in_channels: int, arch: UNetArch, hint_layers: int, residual: bool) -> None:
         super().__init__()
-        arch = arch if isinstance(arch, UNetArch) else UNetArch.from_dict(arch or {})
         n, f, spec = arch.num_stages, arch.features_per_stage, arch.layers
         if not 0 <= hint_layers <= n - 1:
             raise OsmError(f"hint_layers must be in 0..{n - 1} for a {n}-stage network, got {hint_layers}")
-        residual = self.default_residual_encoder if arch.residual_encoder is None else arch.residual_encoder
         block = ResidualUnit if residual else DoubleConv
         self.arch, self.in_channels, self.hint_layers = arch, in_channels, hint_layers
         self.pools = nn.ModuleList(max_pool(arch.strides[s]) for s in range(1, n))
@@ -96,7 +96,8 @@ class StudentUNet(UNet):
         arch: UNetArch | Mapping[str, Any] | None = None,
         hint_layers: int = 2,
     ) -> None:
-        super().__init__(in_channels, arch, hint_layers)
+        arch = _as_arch(arch)
+        super().__init__(in_channels, arch, hint_layers, arch.residual_encoder)
         f0, k0 = self.arch.features_per_stage[0], self.arch.kernel_sizes[0]
         self.head = nn.Sequential(
             ConvUnit(self.arch.layers, f0, f0, k0), conv(f0, num_classes, (1,) * self.arch.dims)
@@ -110,13 +111,11 @@ class StudentUNet(UNet):
 
 
 class TeacherUNet(UNet):
-    """Reconstruction U-Net: residual encoder, one linear conv head; optional VAE bottleneck.
+    """Reconstruction U-Net: residual encoder (whatever `residual_encoder` says), one linear conv head; optional VAE.
 
     With `vae=True` the output also holds 'mu' and 'logvar'; z = mu + eps * exp(logvar / 2), eps ~ N(0, 1),
     while training and z = mu in eval mode.
     """
-
-    default_residual_encoder = True
 
     def __init__(
         self,
@@ -126,7 +125,7 @@ class TeacherUNet(UNet):
         vae: bool = False,
         out_channels: int | None = None,
     ) -> None:
-        super().__init__(in_channels, arch, hint_layers)
+        super().__init__(in_channels, _as_arch(arch), hint_layers, residual=True)
         f, k = self.arch.features_per_stage, self.arch.kernel_sizes
         self.head = conv(f[0], out_channels or in_channels, k[0])
         self.vae = vae

@@ -40,7 +40,8 @@ def _case_fingerprint(item: tuple[str, Case], declared: list[int], seed: int) ->
         label, label_geometry = read_label(case.label_file)
         check_label_against_image(label, label_geometry, case.label_file, image.shape[1:], geometry,
                                   case.image_files[0], declared)
-    cropped, cropped_label, bbox = crop_to_nonzero(image, label[None] if label is not None else None)
+    cropped, cropped_label, bbox = crop_to_nonzero(image, label[None] if label is not None else None,
+                                                   mark_outside=False)
     rng = np.random.default_rng([seed, sum(map(ord, case.case_id))])
     nonzero = np.any(cropped != 0, axis=0)
     result = {

@@ -33,6 +33,7 @@ class ExperimentPlanner:
     registration_maps_per_level = 18       # two encoders and the decoder, see topology.MAPS_PER_STAGE
     registration_max_levels = 4
     registration_base_features = 16
+    registration_margin = 0.1              # grid margin around the atlas's nonzero box, per side, as a fraction
 
     def __init__(self, fingerprint: dict, gpu_memory_target_gb: float | None = None,
                  overwrite_target_spacing: list[float] | None = None):
@@ -137,13 +138,14 @@ class ExperimentPlanner:
         return float(total * 4 * self.registration_targets_per_step)
 
     def plan_registration(self, segmentation_spacing: list[float]) -> dict:
-        """A whole-volume grid in the atlas frame: the atlas's nonzero box at the finest spacing that fits the budget.
+        """A whole-volume grid in the atlas frame: the atlas's nonzero box plus a margin, at the finest spacing that fits.
 
         Starts at the segmentation spacing and coarsens all axes by 10% steps until the network fits; the grid is
         rounded up to a multiple of ``2**levels`` and centred on the atlas's nonzero box.
         """
         atlas = self._atlas_case()
-        extent = np.asarray([b - a for a, b in atlas["bbox"]], dtype=float) * np.asarray(atlas["spacing"])
+        extent = np.asarray([b - a for a, b in atlas["bbox"]], dtype=float) * np.asarray(atlas["spacing"]) \
+            * (1 + 2 * self.registration_margin)
         spacing = np.asarray(segmentation_spacing, dtype=float)
         while True:
             raw_shape = np.ceil(extent / spacing)

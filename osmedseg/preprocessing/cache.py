@@ -34,13 +34,14 @@ def write_case(folder: str, case_id: str, data: np.ndarray, seg: np.ndarray | No
     save_json_atomic(properties, props)
 
 
-def is_complete(folder: str, case_id: str, plans_hash: str) -> bool:
-    """True if the case was cached completely with the given plans."""
+def is_complete(folder: str, case_id: str, **expected) -> bool:
+    """True if the case was cached completely and its properties match ``expected`` (e.g. ``plans_hash=...``)."""
     npz, props = case_files(folder, case_id)
     if not (os.path.isfile(npz) and os.path.isfile(props)):
         return False
     with open(props) as f:
-        return json.load(f).get("plans_hash") == plans_hash
+        properties = json.load(f)
+    return all(properties.get(key) == value for key, value in expected.items())
 
 
 def read_properties(folder: str, case_id: str) -> dict:

@@ -23,9 +23,13 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     Same result as ``scipy.ndimage.binary_fill_holes`` but one labelling pass instead of an iterated dilation,
     which is several times faster on large volumes.
     """
-    labels, _ = ndimage.label(~mask)
-    border = np.unique(np.concatenate([np.take(labels, i, axis=a).ravel() for a in range(mask.ndim) for i in (0, -1)]))
-    return ~np.isin(labels, border[border > 0])
+    labels, n = ndimage.label(~mask)
+    keep = np.ones(n + 1, dtype=bool)  # label 0 is the mask itself; holes are labels that never touch the border
+    for axis in range(mask.ndim):
+        for index in (0, -1):
+            keep[np.take(labels, index, axis=axis)] = False
+    keep[0] = True
+    return keep[labels]
 
 
 def nonzero_mask(data: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def _case_properties(role: str, case: Case, plans_hash: str) -> dict:
 def _segmentation_case(item: tuple[str, Case], folder: str, configuration: dict, intensity_properties: dict,
                        plans_hash: str, declared: list[int]) -> str:
     role, case = item
-    if is_complete(folder, case.case_id, plans_hash):
+    if is_complete(folder, case.case_id, plans_hash=plans_hash):
         return "cached"
     image, geometry, label = _read_case(case, declared)
     data, seg, properties = preprocess_image(image, geometry, configuration, intensity_properties, label)
@@ -47,7 +47,7 @@ def _segmentation_case(item: tuple[str, Case], folder: str, configuration: dict,
 def _registration_case(item: tuple[str, Case], folder: str, configuration: dict, intensity_properties: dict,
                        plans_hash: str, declared: list[int], atlas: Case, seed: int) -> dict:
     role, case = item
-    if not is_complete(folder, case.case_id, plans_hash):
+    if not is_complete(folder, case.case_id, plans_hash=plans_hash):
         image, geometry, label = _read_case(case, declared)
         if role == "atlas":
             alignment = AlignmentResult.identity()

@@ -27,7 +27,8 @@ def preprocess_image(image: np.ndarray, geometry: Geometry, configuration: dict,
 
     ``image`` is ``(C, Z, Y, X)``, ``label`` ``(Z, Y, X)`` or None. Returns ``(data, seg, properties)``.
     """
-    cropped, cropped_seg, bbox = crop_to_nonzero(image, label[None] if label is not None else None)
+    cropped, cropped_seg, bbox = crop_to_nonzero(image, label[None] if label is not None else None,
+                                                 mark_outside=False)
     normalized = normalize_channels(cropped, configuration, intensity_properties)
     target_spacing = configuration["spacing"]
     new_shape = compute_new_shape(cropped.shape[1:], geometry.spacing, target_spacing)
@@ -53,8 +54,7 @@ def revert_probabilities(probabilities: np.ndarray, properties: dict) -> np.ndar
     geometry = Geometry.from_dict(properties["geometry"])
     cropped_shape = properties["shape_after_cropping"]
     if list(probabilities.shape[1:]) != list(cropped_shape):
-        probabilities = resample_probabilities(probabilities, properties["spacing_after_resampling"], geometry.spacing,
-                                               new_shape=cropped_shape)
+        probabilities = resample_probabilities(probabilities, cropped_shape, properties["spacing_after_resampling"])
     full = np.zeros((probabilities.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
     full[0] = 1.0
     for k in range(probabilities.shape[0]):

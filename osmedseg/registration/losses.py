@@ -28,8 +28,8 @@ class LocalNCC(nn.Module):
     """``1 - mean(cc)`` with ``cc = cov^2 / (var_I var_J + eps)`` over a ``window``^3 box (0 for a perfect match).
 
     ``cov`` and ``var`` are sums over the window (as in VoxelMorph, whose ``eps = 1e-5`` this keeps); at the faces
-    the window only counts the voxels inside the volume. Channels are treated independently. Computed in float32
-    with autocast off, since window sums of squared products overflow float16.
+    the window only counts the voxels inside the volume. Channels are treated independently. Computed in at least
+    float32 with autocast off, since window sums of squared products overflow float16.
     """
 
     def __init__(self, window: int = 9, eps: float = 1e-5):
@@ -38,7 +38,8 @@ class LocalNCC(nn.Module):
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
         with torch.autocast(prediction.device.type, enabled=False):
-            i, j = prediction.float().flatten(0, 1)[:, None], target.float().flatten(0, 1)[:, None]
+            dtype = torch.promote_types(prediction.dtype, torch.float32)
+            i, j = (x.to(dtype).flatten(0, 1)[:, None] for x in (prediction, target))
             s_i, s_j, s_ii, s_jj, s_ij = _box_sum(torch.cat([i, j, i * i, j * j, i * j]), self.window).chunk(5)
             count = _box_sum(torch.ones_like(i[:1]), self.window)
             cov = s_ij - s_i * s_j / count

@@ -89,6 +89,7 @@ class FlowHead(nn.Module):
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         field = self.conv(features)
+        field = field.to(torch.promote_types(field.dtype, torch.float32))  # at least float32 under autocast
         if not self.diffeomorphic:
             return {"flow": field}
         return {"flow": integrate_velocity(field, self.int_steps), "velocity": field}

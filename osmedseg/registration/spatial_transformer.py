@@ -37,17 +37,18 @@ def warp(image: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str 
     """Sample ``image`` (B or 1 x C x D x H x W) at ``p + flow(p)``.
 
     ``mode`` is 'bilinear' (trilinear in 3D) or 'nearest'; ``padding_mode`` is 'border', 'zeros' or 'reflection'.
-    An image with batch size 1 is broadcast over the batch of ``flow``.
+    An image with batch size 1 is broadcast over the batch of ``flow``. Computes in the wider of the two dtypes.
     """
     shape = flow.shape[2:]
     if flow.shape[1] != 3 or image.shape[2:] != shape:
         raise ValueError(f"need flow B x 3 x {tuple(image.shape[2:])}, got {tuple(flow.shape)}")
-    coords = identity_grid(shape, flow.device, flow.dtype) + flow
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=flow.device, dtype=flow.dtype)
+    dtype = torch.promote_types(image.dtype, flow.dtype)
+    coords = identity_grid(shape, flow.device, dtype) + flow
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=flow.device, dtype=dtype)
     grid = (coords * scale.view(1, 3, 1, 1, 1) - 1.0).permute(0, 2, 3, 4, 1).flip(-1)
     if image.shape[0] == 1 and flow.shape[0] > 1:
         image = image.expand(flow.shape[0], *image.shape[1:])
-    return F.grid_sample(image.to(flow.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    return F.grid_sample(image.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 class SpatialTransformer(nn.Module):

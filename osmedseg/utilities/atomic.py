@@ -9,6 +9,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
@@ -19,6 +22,7 @@ def atomic_path(path: str) -> Iterator[str]:
     # keep the full ending (e.g. .nii.gz) so writers that pick a format by name still work
     fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix=f"_{base}", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates owner-only files; give outputs the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,0 +1,58 @@
+"""``osm_train``: train a method (registration, synthesis, distillation) on a preprocessed dataset."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from osmedseg.cli.common import add_dataset_arg, add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
+from osmedseg.dataset.dataset_json import load_dataset_json_file
+from osmedseg.paths import resolve_dataset_name, root_folder
+from osmedseg.planning.plans import load_plans
+from osmedseg.training.method_trainer import MethodTrainer
+from osmedseg.utilities.class_lookup import find_class
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="osm_train", description=__doc__)
+    add_dataset_arg(parser)
+    parser.add_argument("-tr", dest="trainer", default="OSMedSegTrainer", help="trainer class (default OSMedSegTrainer)")
+    parser.add_argument("-p", dest="plans", default="osmPlans", help="plans name (default osmPlans)")
+    parser.add_argument("-stage", default=None, help="run only this stage (registration, synthesis, distillation)")
+    parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="device (default cpu)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help="epochs per trained stage (default: the trainer's)")
+    budget.add_argument("--iters", type=int, default=None, help="total iterations per trained stage")
+    parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
+    reg = parser.add_argument_group("registration stage")
+    reg.add_argument("-reg_network", choices=("contrastive", "voxelmorph"), default=None)
+    reg.add_argument("--no_diffeomorphic", action="store_true", help="predict displacements directly (no SVF)")
+    reg.add_argument("-similarity", choices=("ncc", "mse"), default=None)
+    reg.add_argument("-lambda_smooth", type=float, default=None)
+    reg.add_argument("-lambda_contrast", type=float, default=None)
+    reg.add_argument("-reg_lr", type=float, default=None, help="registration learning rate")
+    reg.add_argument("--appearance", action="store_true", help="also learn the appearance model (METHODS 2.2)")
+    add_seed_arg(parser)
+    add_pbar_arg(parser)
+    add_folder_args(parser, "preprocessed", "results")
+    return parser
+
+
+def stage_options(args: argparse.Namespace) -> dict:
+    """Options given on the command line (None = the trainer's default)."""
+    options = {"network": args.reg_network, "similarity": args.similarity, "lambda_smooth": args.lambda_smooth,
+               "lambda_contrast": args.lambda_contrast, "registration_lr": args.reg_lr,
+               "diffeomorphic": False if args.no_diffeomorphic else None, "appearance": True if args.appearance else None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    preprocessed_root, results_root = root_folder("preprocessed", args.preprocessed), root_folder("results", args.results)
+    dataset_name = resolve_dataset_name(args.dataset, [preprocessed_root])
+    folder = os.path.join(preprocessed_root, dataset_name)
+    plans = load_plans(folder, args.plans)
+    trainer_class = find_class("osmedseg.training.trainers", args.trainer, MethodTrainer)
+    trainer = trainer_class(plans, load_dataset_json_file(os.path.join(folder, "dataset.json")), folder, results_root,
+                            args.device, args.epochs, args.iters, args.seed, args.no_pbar, stage_options(args))
+    trainer.run(args.stage, args.resume)

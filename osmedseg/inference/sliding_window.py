@@ -1,0 +1,141 @@
+"""Sliding-window prediction with Gaussian tile weighting, batched tiles and batched mirroring TTA.
+
+Follows nnU-Net's tiling (pad to at least the patch, `ceil((size - patch) / (step * patch)) + 1` evenly spaced tiles
+per axis, Gaussian importance map with sigma = patch / 8, all flip combinations for TTA) but runs `tile_batch_size`
+network inputs per forward pass, mixing tiles and their flipped copies, and accumulates in float32.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+NetworkFn = Callable[[torch.Tensor], torch.Tensor]
+Tile = tuple[slice, ...]
+
+
+def compute_tile_starts(size: int, patch: int, step_size: float) -> list[int]:
+    """Tile start positions on one axis: evenly spaced from 0 to size - patch, at most `step_size * patch` apart."""
+    if size < patch:
+        raise ValueError(f"size {size} is smaller than the patch {patch}; pad first")
+    count = math.ceil((size - patch) / (step_size * patch)) + 1
+    if count == 1:
+        return [0]
+    spacing = (size - patch) / (count - 1)
+    return [int(round(spacing * i)) for i in range(count)]
+
+
+@functools.lru_cache(maxsize=8)
+def gaussian_importance_map(
+    patch_size: tuple[int, ...], sigma_scale: float = 1 / 8, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Separable Gaussian centred on the patch (sigma = sigma_scale * patch per axis), peak 1; cached, do not modify."""
+    profiles = []
+    for p in patch_size:
+        x = torch.arange(p, dtype=torch.float64) - (p - 1) / 2
+        profiles.append(torch.exp(-0.5 * (x / (sigma_scale * p)) ** 2))
+    weights = functools.reduce(lambda a, b: a[..., None] * b, profiles)
+    return (weights / weights.max()).to(device=device, dtype=torch.float32)
+
+
+def _tiles(shape: Sequence[int], patch: Sequence[int], step_size: float) -> list[Tile]:
+    starts = [compute_tile_starts(s, p, step_size) for s, p in zip(shape, patch)]
+    return [tuple(slice(o, o + p) for o, p in zip(origin, patch)) for origin in itertools.product(*starts)]
+
+
+def _flips(mirror_axes: Sequence[int] | None, ndim: int) -> list[tuple[int, ...]]:
+    """All subsets of the mirror axes, as dims of a (C, *spatial) tensor; the empty flip first."""
+    axes = sorted(set(mirror_axes or ()))
+    if any(not 0 <= a < ndim for a in axes):
+        raise ValueError(f"mirror_axes {tuple(mirror_axes or ())} must index the {ndim} spatial axes")
+    return [tuple(a + 1 for a in c) for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return torch.flip(x, dims) if dims else x
+
+
+def _pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, Tile]:
+    """Zero-pad each spatial axis symmetrically to at least the patch; return the padded image and the crop back."""
+    before = [max(p - s, 0) // 2 for s, p in zip(image.shape[1:], patch)]
+    after = [max(p - s, 0) - b for s, p, b in zip(image.shape[1:], patch, before)]
+    crop = tuple(slice(b, b + s) for b, s in zip(before, image.shape[1:]))
+    if not any(before) and not any(after):
+        return image, crop
+    pad = [v for b, a in zip(reversed(before), reversed(after)) for v in (b, a)]
+    return F.pad(image, pad), crop
+
+
+def _zeros(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """A float32 buffer on `device`, or in host memory when the accelerator is out of memory."""
+    try:
+        return torch.zeros(tuple(shape), dtype=torch.float32, device=device)
+    except torch.OutOfMemoryError:
+        if device.type == "cpu":
+            raise
+        return torch.zeros(tuple(shape), dtype=torch.float32)
+
+
+def predict_sliding_window(
+    network_fn: NetworkFn,
+    image: torch.Tensor | np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    step_size: float = 0.5,
+    tile_batch_size: int = 4,
+    use_gaussian: bool = True,
+    mirror_axes: Sequence[int] | None = (0, 1, 2),
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    return_probabilities: bool = False,
+) -> torch.Tensor:
+    """Predict a whole (C, Z, Y, X) image tile by tile; returns float32 (K, Z, Y, X) logits (or softmax probabilities).
+
+    `network_fn` maps a (B, C, *patch) batch to (B, K, *patch) logits; put the model in eval mode and unwrap dict
+    outputs in it (e.g. `lambda x: model(x)["out"]`). `mirror_axes` are spatial axes (0 = Z) whose flip combinations
+    are averaged (None or () for no TTA). The result lives on `device` (default: the image's), or on the CPU if the
+    accumulation buffers did not fit there.
+    """
+    image = torch.as_tensor(image)
+    patch = tuple(int(p) for p in patch_size)
+    if image.dim() != len(patch) + 1:
+        raise ValueError(f"image {tuple(image.shape)} needs a channel axis plus {len(patch)} spatial axes")
+    if not 0 < step_size <= 1 or tile_batch_size < 1:
+        raise ValueError(f"need 0 < step_size <= 1 and tile_batch_size >= 1, got {step_size}, {tile_batch_size}")
+    device = torch.device(device) if device is not None else image.device
+    flips = _flips(mirror_axes, len(patch))
+    padded, crop = _pad_to_patch(image.to(device=device, dtype=torch.float32), patch)
+    tiles = _tiles(padded.shape[1:], patch, step_size)
+    logits = _zeros((num_classes, *padded.shape[1:]), device)
+    weight_sum = _zeros(padded.shape[1:], logits.device)
+    if use_gaussian:
+        weight = gaussian_importance_map(patch, device=logits.device)
+    else:
+        weight = torch.ones(patch, device=logits.device)
+    tile_weight = weight / len(flips)
+    for tile in tiles:
+        weight_sum[tile] += weight
+    jobs = [(tile, flip) for tile in tiles for flip in flips]
+    autocast = torch.autocast(device.type) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        for first in tqdm(range(0, len(jobs), tile_batch_size), disable=not progress, desc="sliding window"):
+            chunk = jobs[first : first + tile_batch_size]
+            batch = torch.stack([_flip(padded[(slice(None), *tile)], flip) for tile, flip in chunk])
+            prediction = network_fn(batch)
+            if prediction.shape != (len(chunk), num_classes, *patch):
+                raise ValueError(
+                    f"network_fn returned {tuple(prediction.shape)} for a {tuple(batch.shape)} batch; "
+                    f"expected {num_classes} channels at the patch size"
+                )
+            prediction = prediction.to(device=logits.device, dtype=torch.float32)
+            for (tile, flip), tile_logits in zip(chunk, prediction):
+                logits[(slice(None), *tile)] += _flip(tile_logits, flip) * tile_weight
+    logits = logits.div_(weight_sum)[(slice(None), *crop)]
+    return torch.softmax(logits, dim=0) if return_probabilities else logits

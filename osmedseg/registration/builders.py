@@ -1,0 +1,22 @@
+"""Building a registration network from the plans' ``registration`` configuration."""
+from __future__ import annotations
+
+from torch import nn
+
+from osmedseg.registration.networks import ContrastiveRegistrationNet, VoxelMorphNet
+
+REGISTRATION_NETWORKS = ("contrastive", "voxelmorph")
+LEVEL_WIDTHS = (16, 32, 64, 64, 64)
+
+
+def build_registration_network(configuration: dict, in_channels: int, kind: str = "contrastive",
+                               diffeomorphic: bool = True) -> nn.Module:
+    """The OS-MedSeg contrastive net (default) or the VoxelMorph baseline, as deep as the plans' ``levels``."""
+    levels = configuration["levels"]
+    if kind == "contrastive":
+        return ContrastiveRegistrationNet(in_channels, widths=LEVEL_WIDTHS[:levels], diffeomorphic=diffeomorphic)
+    if kind == "voxelmorph":
+        encoder = (16,) + (32,) * (levels - 1)
+        decoder = (32,) * (levels + 1) + (16, 16)
+        return VoxelMorphNet(in_channels, encoder=encoder, decoder=decoder, diffeomorphic=diffeomorphic)
+    raise ValueError(f"registration network must be one of {REGISTRATION_NETWORKS}, got {kind!r}")

@@ -1,0 +1,59 @@
+"""Soft Dice + cross-entropy, the nnU-Net segmentation loss (weights 1:1, smooth 1e-5, background excluded)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _target_probabilities(target: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target for cross_entropy, one-hot or soft probabilities (B, K, ...)) from integer or soft targets."""
+    num_classes = logits.shape[1]
+    if target.dim() == logits.dim() and target.shape[1] == num_classes and num_classes > 1:
+        if not target.is_floating_point():
+            raise ValueError(f"a target with {num_classes} channels must hold float probabilities, got {target.dtype}")
+        probabilities = target.float()
+        return probabilities, probabilities
+    if target.dim() == logits.dim() and target.shape[1] == 1:
+        target = target[:, 0]
+    if target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"target {tuple(target.shape)} does not fit logits {tuple(logits.shape)}")
+    labels = target.long()
+    one_hot = torch.zeros_like(logits, dtype=torch.float32).scatter_(1, labels.unsqueeze(1), 1.0)
+    return labels, one_hot
+
+
+class DiceCELoss(nn.Module):
+    """`weight_dice * (1 - soft Dice) + weight_ce * CE` on logits (B, K, ...).
+
+    Targets: integer labels (B, 1, ...) or (B, ...), or soft probabilities (B, K, ...) such as warped one-hot labels.
+    Dice is averaged over classes (foreground only unless `include_background`) and over samples, or computed once
+    over the whole batch with `batch_dice`.
+    """
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        batch_dice: bool = False,
+        smooth: float = 1e-5,
+        weight_dice: float = 1.0,
+        weight_ce: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.include_background, self.batch_dice, self.smooth = include_background, batch_dice, smooth
+        self.weight_dice, self.weight_ce = weight_dice, weight_ce
+
+    def soft_dice(self, logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        """Mean soft Dice of softmax(logits) against target probabilities, per the class options."""
+        prediction = torch.softmax(logits.float(), dim=1)
+        if not self.include_background:
+            prediction, probabilities = prediction[:, 1:], probabilities[:, 1:]
+        axes = ([0] if self.batch_dice else []) + list(range(2, prediction.dim()))
+        intersection = (prediction * probabilities).sum(axes)
+        denominator = prediction.sum(axes) + probabilities.sum(axes)
+        return ((2 * intersection + self.smooth) / (denominator + self.smooth).clamp_min(1e-8)).mean()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce_target, probabilities = _target_probabilities(target, logits)
+        ce = F.cross_entropy(logits.float(), ce_target)
+        return self.weight_dice * (1 - self.soft_dice(logits, probabilities)) + self.weight_ce * ce

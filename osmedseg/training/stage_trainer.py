@@ -1,0 +1,197 @@
+"""A training stage: the loop, checkpoints, resume, NaN guard, logging. Methods subclass it.
+
+A stage lives in ``<run folder>/<stage_name>/`` and writes ``checkpoint_latest.pth`` after every epoch (atomically)
+and ``checkpoint_final.pth`` at the end. ``resume=True`` continues from the latest checkpoint, restoring weights,
+optimisers and random states, so an interrupted run loses at most one epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from osmedseg.errors import OsmError
+from osmedseg.training.run_log import RunLog
+from osmedseg.utilities.atomic import save_json_atomic, torch_save_atomic
+from osmedseg.utilities.seeding import seed_everything
+
+FINAL, LATEST, BEST = "checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``mps``; asking for an unavailable accelerator is a user error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OsmError("-device cuda requested but CUDA is not available (install a CUDA build of torch)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise OsmError("-device mps requested but MPS is not available")
+    return torch.device(name)
+
+
+class StageTrainer:
+    """Base class of one training stage. Subclasses build modules/optimisers and define one training step."""
+
+    stage_name = "stage"
+    default_epochs = 10
+    iterations_per_epoch = 50
+
+    def __init__(self, run_folder: str, plans: dict, dataset_json: dict, preprocessed_dataset_folder: str,
+                 device: str = "cpu", epochs: int | None = None, total_iterations: int | None = None,
+                 seed: int = 12345, disable_pbar: bool = False, **options):
+        self.run_folder = run_folder
+        self.folder = os.path.join(run_folder, self.stage_name)
+        self.plans = plans
+        self.dataset_json = dataset_json
+        self.preprocessed_dataset_folder = preprocessed_dataset_folder
+        self.device = resolve_device(device)
+        if total_iterations is not None:
+            self.epochs = max(1, math.ceil(total_iterations / self.iterations_per_epoch))
+            self.iterations_per_epoch = min(self.iterations_per_epoch, total_iterations)
+        else:
+            self.epochs = epochs or self.default_epochs
+        self.seed = seed
+        self.disable_pbar = disable_pbar
+        self.options = options
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.epoch = 0
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    # ---- to be provided by a method ------------------------------------------------------------------------------
+    def build(self) -> None:
+        """Create ``self.modules``, ``self.optimizers`` (and optionally ``self.schedulers``) and load data."""
+        raise NotImplementedError
+
+    def train_step(self, rng: np.random.Generator) -> dict[str, float]:
+        """One optimisation step; returns its loss components (the key ``loss`` is the total)."""
+        raise NotImplementedError
+
+    def end_of_training(self) -> None:
+        """Called once after the last epoch (quality figures, exports)."""
+
+    def end_of_epoch(self) -> dict[str, float]:
+        """Extra values to log after each epoch (e.g. validation Dice)."""
+        return {}
+
+    # ---- helpers for subclasses ----------------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer_names: list[str], clip: float | None = 12.0) -> None:
+        """Backward pass (scaled on CUDA), optional gradient clipping, optimiser steps."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError("non-finite loss")
+        optimizers = [self.optimizers[n] for n in optimizer_names]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for opt in optimizers:
+            self.scaler.unscale_(opt)
+            if clip:
+                params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            self.scaler.step(opt)
+        self.scaler.update()
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
+    def checkpoint_path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def state(self, log: RunLog, rng: np.random.Generator) -> dict:
+        return {
+            "trainer": type(self).__name__, "stage": self.stage_name, "epoch": self.epoch,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(), "history": log.history,
+            "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "config": self.config(),
+        }
+
+    def load_state(self, state: dict, rng: np.random.Generator | None = None) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            if k in state.get("schedulers", {}):
+                s.load_state_dict(state["schedulers"][k])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        if rng is not None:
+            rng.bit_generator.state = state["rng"]["numpy"]
+            torch.set_rng_state(state["rng"]["torch"])
+
+    def config(self) -> dict:
+        """What this stage was run with (recorded in the run folder and in checkpoints)."""
+        return {"trainer": type(self).__name__, "stage": self.stage_name, "epochs": self.epochs,
+                "iterations_per_epoch": self.iterations_per_epoch, "seed": self.seed, "device": str(self.device),
+                "amp": self.use_amp, **{k: v for k, v in self.options.items() if _jsonable(v)}}
+
+    def is_finished(self) -> bool:
+        return os.path.isfile(self.checkpoint_path(FINAL))
+
+    def load_trained(self, checkpoint: str = FINAL) -> None:
+        """Build the stage and load the weights of a finished run (for synthesis and inference)."""
+        path = self.checkpoint_path(checkpoint)
+        if not os.path.isfile(path):
+            raise OsmError(f"{path}: checkpoint not found")
+        self.build()
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        for name, module in self.modules.items():
+            module.load_state_dict(state["modules"][name])
+            module.eval()
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> None:
+        """Train all epochs (continuing from ``checkpoint_latest.pth`` if ``resume``), then write the final checkpoint."""
+        os.makedirs(self.folder, exist_ok=True)
+        rng = seed_everything(self.seed)
+        self.build()
+        log = RunLog(self.folder, self.epochs)
+        latest = self.checkpoint_path(LATEST)
+        if resume and os.path.isfile(latest):
+            state = torch.load(latest, map_location=self.device, weights_only=False)
+            self.load_state(state, rng)
+            log.history = state["history"]
+            log.message(f"resuming {self.stage_name} from epoch {self.epoch + 1}")
+        elif os.path.isfile(latest) and not resume:
+            log.message(f"starting {self.stage_name} afresh (a previous checkpoint exists; use --c to resume)")
+        save_json_atomic(self.config(), os.path.join(self.folder, "config.json"))
+        log.message(f"{type(self).__name__} stage {self.stage_name}: {self.epochs} epochs x "
+                    f"{self.iterations_per_epoch} iterations on {self.device}, seed {self.seed}")
+        while self.epoch < self.epochs:
+            for module in self.modules.values():
+                module.train()
+            start, sums = time.time(), {}
+            bar = tqdm(range(self.iterations_per_epoch), desc=f"{self.stage_name} epoch {self.epoch + 1}",
+                       disable=self.disable_pbar, leave=False)
+            for iteration in bar:
+                try:
+                    values = self.train_step(rng)
+                except FloatingPointError:
+                    raise OsmError(f"{self.folder}: loss became NaN/Inf at epoch {self.epoch + 1}, iteration "
+                                   f"{iteration + 1}; training stopped, last good checkpoint kept at {latest}") from None
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.set_postfix(loss=f"{values.get('loss', 0.0):.4f}")
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+            averages = {k: v / self.iterations_per_epoch for k, v in sums.items()}
+            averages.update(self.end_of_epoch())
+            log.end_epoch(self.epoch, averages, time.time() - start, self.iterations_per_epoch)
+            self.epoch += 1
+            torch_save_atomic(self.state(log, rng), latest)
+        torch_save_atomic(self.state(log, rng), self.checkpoint_path(FINAL))
+        self.end_of_training()
+        log.message(f"{self.stage_name} finished: {self.checkpoint_path(FINAL)}")
+
+
+def _jsonable(value) -> bool:
+    return isinstance(value, (int, float, str, bool, list, tuple, type(None)))

@@ -1,0 +1,1 @@
+"""Method trainers, found by class name with ``osm_train -tr NAME``."""

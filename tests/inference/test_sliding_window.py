@@ -1,0 +1,94 @@
+"""Sliding-window prediction: agreement with a whole-volume pass, shapes, Gaussian map, TTA and tile batching."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from osmedseg.inference.sliding_window import compute_tile_starts, gaussian_importance_map, predict_sliding_window
+from osmedseg.networks import StudentUNet
+
+PATCH = (8, 10, 6)
+
+
+def _pointwise_net(in_channels: int = 2, classes: int = 3) -> nn.Module:
+    """Translation- and mirror-equivariant, norm-free: every tile agrees with the whole-volume pass."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(in_channels, 5, 1), nn.Tanh(), nn.Conv3d(5, classes, 1)).eval()
+
+
+def _image(shape=(2, 13, 17, 11)) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+
+
+def test_tile_starts_cover_the_axis_evenly():
+    assert compute_tile_starts(8, 8, 0.5) == [0]
+    assert compute_tile_starts(12, 8, 0.5) == [0, 4]
+    assert compute_tile_starts(13, 8, 0.5) == [0, 2, 5]
+    assert compute_tile_starts(20, 8, 0.5) == [0, 4, 8, 12]
+    starts = compute_tile_starts(101, 16, 0.5)
+    assert starts[0] == 0 and starts[-1] == 101 - 16 and max(b - a for a, b in zip(starts, starts[1:])) <= 8
+
+
+def test_gaussian_map_is_symmetric_with_its_peak_at_the_centre():
+    weights = gaussian_importance_map((9, 8, 7))
+    assert weights.shape == (9, 8, 7) and weights.dtype == torch.float32 and weights.min() > 0
+    for axis in range(3):
+        torch.testing.assert_close(weights, weights.flip(axis))
+    assert weights[4, 3, 3] == weights.max() == 1.0
+    assert gaussian_importance_map((9, 8, 7)) is weights  # cached
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 17, 11), (2, 5, 7, 3), (2, 8, 10, 6)])
+def test_matches_the_whole_volume_pass_and_keeps_the_shape(shape):
+    net, image = _pointwise_net(), _image(shape)
+    with torch.no_grad():
+        expected = net(image[None])[0]
+    result = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None)
+    assert result.shape == (3, *shape[1:]) and result.dtype == torch.float32
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
+    probabilities = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None, return_probabilities=True)
+    torch.testing.assert_close(probabilities, torch.softmax(expected, 0), atol=1e-5, rtol=1e-5)
+
+
+def test_mirroring_with_a_mirror_equivariant_network_changes_nothing():
+    net, image = _pointwise_net(), _image()
+    plain = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None)
+    mirrored = predict_sliding_window(net, image, PATCH, 3, mirror_axes=(0, 1, 2))
+    torch.testing.assert_close(mirrored, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_mirroring_averages_all_flip_combinations():
+    image = _image((1, 8, 10, 6))
+    calls = []
+
+    def first_voxel_marker(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        out = torch.zeros(len(batch), 1, *batch.shape[2:])
+        out[:, :, 0, 0, 0] = 1.0  # not mirror-equivariant: each flip puts the marker in another corner
+        return out
+
+    result = predict_sliding_window(first_voxel_marker, image, PATCH, 1, mirror_axes=(1, 2), tile_batch_size=3)
+    assert calls == [3, 1]  # 4 flips of the single tile, batched 3 + 1
+    assert result[0, 0, 0, 0] == result[0, 0, -1, 0] == result[0, 0, 0, -1] == result[0, 0, -1, -1] == 0.25
+
+
+def test_tile_batch_size_does_not_change_the_result():
+    net, image = _pointwise_net(), _image()
+    one = predict_sliding_window(net, image, PATCH, 3, tile_batch_size=1, mirror_axes=(0,))
+    four = predict_sliding_window(net, image, PATCH, 3, tile_batch_size=4, mirror_axes=(0,))
+    torch.testing.assert_close(one, four, atol=1e-6, rtol=1e-6)
+
+
+def test_rejects_networks_with_the_wrong_output():
+    with pytest.raises(ValueError, match="network_fn returned"):
+        predict_sliding_window(_pointwise_net(classes=2), _image(), PATCH, 3, mirror_axes=None)
+    with pytest.raises(ValueError, match="mirror_axes"):
+        predict_sliding_window(_pointwise_net(), _image(), PATCH, 3, mirror_axes=(3,))
+
+
+def test_runs_a_student_unet_through_a_wrapper():
+    torch.manual_seed(0)
+    student = StudentUNet(1, 4, {"features_per_stage": [4, 8, 16]}).eval()
+    result = predict_sliding_window(lambda x: student(x)["out"], _image((1, 9, 19, 12)), (8, 8, 8), 4, mirror_axes=(2,))
+    assert result.shape == (4, 9, 19, 12) and torch.isfinite(result).all()

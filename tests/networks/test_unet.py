@@ -1,0 +1,105 @@
+"""Shapes, parameter counts, hints and the VAE path of the student and teacher U-Nets."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from osmedseg.errors import OsmError
+from osmedseg.networks import StudentUNet, TeacherUNet, UNetArch, build_network
+from osmedseg.networks.blocks import DoubleConv, ResidualUnit
+
+SMALL = {"features_per_stage": [4, 8, 16]}
+ANISOTROPIC = {
+    "features_per_stage": [4, 8, 8, 16],
+    "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]],
+    "kernel_sizes": [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]],
+}
+
+
+def test_default_student_matches_the_authors_parameter_count():
+    student = StudentUNet(1, 36)
+    count = student.count_parameters()
+    print(f"default student (K=36): {count} parameters")
+    assert 4.12e6 < count < 4.14e6  # METHODS section 3: about 4.13 M
+
+
+@pytest.mark.parametrize("arch", [SMALL, ANISOTROPIC])
+@pytest.mark.parametrize("shape", [(16, 24, 20), (9, 13, 11)])
+def test_output_and_hint_shapes_for_odd_sizes(arch, shape):
+    torch.manual_seed(0)
+    student = StudentUNet(2, 3, arch).eval()
+    out = student(torch.randn(1, 2, *shape))
+    assert out["out"].shape == (1, 3, *shape)
+    h1, h2 = out["hints"]
+    first_stride = student.arch.strides[1]
+    assert h1.shape[:2] == (1, arch["features_per_stage"][1])
+    assert tuple(h1.shape[2:]) == tuple(-(-s // st) for s, st in zip(shape, first_stride))
+    assert h2.shape == (1, arch["features_per_stage"][0], *shape)
+
+
+def test_required_divisor_is_the_product_of_strides():
+    assert StudentUNet(1, 2, ANISOTROPIC).required_divisor == (2, 8, 8)
+    assert StudentUNet(1, 2).required_divisor == (16, 16, 16)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_hint_layers_returns_the_last_k_decoder_features(k):
+    student = StudentUNet(1, 2, SMALL, hint_layers=k).eval()
+    hints = student(torch.randn(1, 1, 8, 8, 8))["hints"]
+    assert [h.shape[1] for h in hints] == [8, 4][2 - k:]
+    with pytest.raises(OsmError, match="hint_layers"):
+        StudentUNet(1, 2, SMALL, hint_layers=3)
+
+
+def test_teacher_reconstructs_input_channels_and_has_residual_encoder():
+    teacher = TeacherUNet(2, SMALL).eval()
+    out = teacher(torch.randn(1, 2, 8, 12, 8))
+    assert out["out"].shape == (1, 2, 8, 12, 8)
+    assert [h.shape[1] for h in out["hints"]] == [8, 4]
+    assert "mu" not in out
+    assert all(isinstance(block, ResidualUnit) for block in teacher.encoder)
+    assert isinstance(build_network(SMALL, 2, 2, kind="teacher"), TeacherUNet)
+
+
+def test_teacher_vae_samples_in_training_and_uses_the_mean_in_eval():
+    torch.manual_seed(0)
+    teacher = TeacherUNet(1, SMALL, vae=True)
+    x = torch.randn(2, 1, 8, 8, 8)
+    train_out = teacher(x)
+    assert train_out["mu"].shape == train_out["logvar"].shape == (2, 16, 2, 2, 2)
+    train_out["out"].mean().backward()
+    assert teacher.mu.weight.grad is not None and teacher.logvar.weight.grad is not None
+    teacher.eval()
+    first, second = teacher(x)["out"], teacher(x)["out"]
+    assert torch.equal(first, second)
+
+
+def test_student_residual_encoder_and_norm_options():
+    plain = StudentUNet(1, 2, SMALL)
+    residual = StudentUNet(1, 2, {**SMALL, "residual_encoder": True})
+    assert all(isinstance(block, DoubleConv) for block in plain.encoder)
+    assert all(isinstance(block, ResidualUnit) for block in residual.encoder)
+    for norm in ("batch", "group", "layer"):
+        net = StudentUNet(1, 2, {**SMALL, "norm": norm, "dropout": 0.1}).train()
+        assert net(torch.randn(2, 1, 8, 8, 8))["out"].shape == (2, 2, 8, 8, 8)
+    affine = StudentUNet(1, 2, {**SMALL, "norm_affine": True})
+    assert affine.count_parameters() > plain.count_parameters()
+
+
+def test_arch_round_trips_through_json_dict_and_rejects_bad_plans():
+    arch = UNetArch.from_dict({**ANISOTROPIC, "norm": "group", "norm_groups": 4})
+    assert UNetArch.from_dict(arch.to_dict()) == arch
+    assert UNetArch().to_dict()["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4
+    with pytest.raises(OsmError, match="unknown architecture keys"):
+        UNetArch.from_dict({"features": [1, 2]})
+    with pytest.raises(OsmError, match="stages"):
+        UNetArch.from_dict({"features_per_stage": [4, 8], "strides": [1, 2, 2]})
+    with pytest.raises(OsmError, match="first stage"):
+        UNetArch.from_dict({"features_per_stage": [4, 8], "strides": [2, 2]})
+    with pytest.raises(OsmError, match="unknown network kind"):
+        build_network(SMALL, 1, 2, kind="critic")
+
+
+def test_two_dimensional_networks_work_too():
+    student = StudentUNet(1, 3, {"features_per_stage": [4, 8, 16], "strides": [[1, 1], [2, 2], [2, 2]]}).eval()
+    assert student(torch.randn(1, 1, 15, 20))["out"].shape == (1, 3, 15, 20)

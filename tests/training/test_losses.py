@@ -1,0 +1,83 @@
+"""Dice + CE, hint and reconstruction losses against analytic cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from osmedseg.networks import StudentUNet, TeacherUNet
+from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss, kl_divergence
+
+
+def _labels(shape=(2, 6, 5, 4), classes=3, seed=0):
+    return torch.randint(0, classes, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_dice_ce_is_lower_for_a_matching_prediction():
+    labels = _labels()
+    loss = DiceCELoss()
+    matching = 10 * F.one_hot(labels, 3).movedim(-1, 1).float()
+    random = torch.randn(2, 3, 6, 5, 4, generator=torch.Generator().manual_seed(1))
+    assert loss(matching, labels) < 0.01 < loss(random, labels)
+
+
+@pytest.mark.parametrize("batch_dice", [False, True])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_dice_ce_soft_one_hot_equals_integer_targets(batch_dice, include_background):
+    labels = _labels()
+    logits = torch.randn(2, 3, 6, 5, 4, generator=torch.Generator().manual_seed(2))
+    loss = DiceCELoss(include_background=include_background, batch_dice=batch_dice)
+    soft = F.one_hot(labels, 3).movedim(-1, 1).float()
+    expected = loss(logits, labels)
+    torch.testing.assert_close(loss(logits, labels[:, None]), expected)
+    torch.testing.assert_close(loss(logits, labels[:, None].float()), expected)
+    torch.testing.assert_close(loss(logits, soft), expected)
+
+
+def test_dice_ce_accepts_soft_labels_and_rejects_bad_targets():
+    logits = torch.randn(1, 3, 4, 4, 4, requires_grad=True)
+    soft = torch.softmax(torch.randn(1, 3, 4, 4, 4), dim=1)
+    DiceCELoss()(logits, soft).backward()
+    assert logits.grad is not None
+    with pytest.raises(ValueError, match="does not fit"):
+        DiceCELoss()(logits, torch.zeros(1, 4, 4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="float probabilities"):
+        DiceCELoss()(logits, torch.zeros(1, 3, 4, 4, 4, dtype=torch.long))
+
+
+def test_hint_loss_values_for_aligned_orthogonal_and_opposite_features():
+    a = torch.zeros(2, 4, 3, 3, 3)
+    a[:, 0] = 1.0
+    b = torch.zeros_like(a)
+    b[:, 1] = 2.0
+    loss = HintLoss()
+    assert loss([a], [3 * a]).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss([a], [b]).item() == pytest.approx(1.0, abs=1e-6)
+    assert loss([a, a], [-a, a]).item() == pytest.approx(1.0, abs=1e-6)  # mean of 2 and 0 over layers
+    assert loss([a], [-a]).item() == pytest.approx(2.0, abs=1e-6)
+    with pytest.raises(ValueError, match="differ"):
+        loss([a], [a[..., :2]])
+
+
+def test_hint_loss_trains_the_student_and_not_the_teacher():
+    torch.manual_seed(0)
+    arch = {"features_per_stage": [4, 8, 16]}
+    student, teacher = StudentUNet(1, 2, arch), TeacherUNet(1, arch)
+    x = torch.randn(1, 1, 8, 8, 8)
+    HintLoss()(student(x)["hints"], teacher(x)["hints"]).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.encoder.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in student.encoder.parameters())
+
+
+def test_reconstruction_loss_weights_and_kl():
+    prediction, target = torch.zeros(1, 1, 2, 2, 2), torch.ones(1, 1, 2, 2, 2)
+    target[..., 0] = 3.0  # squared errors: 9 on half the voxels, 1 on the others
+    assert ReconstructionLoss()(prediction, target).item() == pytest.approx(5.0)
+    assert ReconstructionLoss("l1")(prediction, target).item() == pytest.approx(2.0)
+    weights = torch.ones(1, 1, 2, 2, 2)
+    weights[..., 0] = 3.0
+    assert ReconstructionLoss()(prediction, target, weights).item() == pytest.approx((3 * 9 + 1) / 4)
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+    assert kl_divergence(mu, logvar).item() == pytest.approx(0.0)
+    assert kl_divergence(mu + 2, logvar).item() == pytest.approx(2.0)  # 0.5 * mu^2

@@ -59,7 +59,8 @@ def peer_resample_seg(seg: np.ndarray, new_shape: tuple[int, ...]) -> np.ndarray
 
     out = np.zeros(new_shape, dtype=seg.dtype)
     for label in np.unique(seg):
-        out[resize((seg == label).astype(np.float64), new_shape, order=1, mode="edge", anti_aliasing=False) >= 0.5] = label
+        one_hot = resize((seg == label).astype(np.float64), new_shape, order=1, mode="edge", anti_aliasing=False)
+        out[one_hot >= 0.5] = label
     return out
 
 

@@ -13,6 +13,7 @@ import itertools
 import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -104,8 +105,8 @@ def main() -> None:
     for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
         results = {}
         for method in ("one-tile-per-pass", "batched"):
-            with context.Pool(1) as pool:
-                results[method] = pool.apply(measure, (method, tta, args))
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                results[method] = pool.submit(measure, method, tta, args).result()
             seconds, peak, delta = results[method]
             print(f"TTA {'on ' if tta else 'off'}  {method:18s} {seconds:8.2f} s   peak {peak:8.0f} MiB "
                   f"(+{delta:.0f} MiB during prediction)")

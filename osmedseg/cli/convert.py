@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from types import ModuleType
 
 from osmedseg.cli.common import add_folder_args, add_seed_arg, cli_entry
 from osmedseg.dataset_conversion import abdomen, folders, labels, nnunet, oasis, split, verse
@@ -24,12 +25,13 @@ def _add_common(parser: argparse.ArgumentParser, default_name: str) -> None:
                        help="number of labeled test cases (default: 25%% of the other labeled cases, at least 1)")
     add_seed_arg(roles)
     parser.add_argument("--geometry-tolerance", type=float, default=DEFAULT_GEOMETRY_TOLERANCE, metavar="TOL",
-                        help="allowed image/label header difference: relative for spacing, in voxels (at least 1 mm) "
-                             "for the origin, absolute for direction cosines. Beyond it a label on the same grid is "
-                             "written with the image geometry and a warning (default %(default)g)")
+                        help="allowed image/label header difference: relative for spacing, in units of the largest "
+                             "voxel size (at least 1 mm) for the origin, absolute for direction cosines. Beyond it a "
+                             "label on the same grid is written with the image geometry and a warning "
+                             "(default %(default)g)")
 
 
-def _subparser(sub: argparse._SubParsersAction, kind: str, module: object, default_name: str,
+def _subparser(sub: argparse._SubParsersAction, kind: str, module: ModuleType, default_name: str,
                aliases: tuple[str, ...] = (), epilog: str = "") -> argparse.ArgumentParser:
     doc = module.__doc__.strip()
     parser = sub.add_parser(kind, aliases=list(aliases), help=doc.splitlines()[0], description=doc,
@@ -39,7 +41,8 @@ def _subparser(sub: argparse._SubParsersAction, kind: str, module: object, defau
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="osm_convert", description=__doc__.strip().strip("`"))
+    parser = argparse.ArgumentParser(prog="osm_convert", description="Write a raw dataset (atlas + unlabeled + test) "
+                                     "from a published layout. 'osm_convert KIND -h' describes each layout.")
     sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     p = _subparser(sub, folders.KIND, folders, "the name of the images folder's parent", epilog=labels.__doc__)

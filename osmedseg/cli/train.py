@@ -31,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-lambda_contrast", type=float, default=None)
     reg.add_argument("-reg_lr", type=float, default=None, help="registration learning rate")
     reg.add_argument("--appearance", action="store_true", help="also learn the appearance model (METHODS 2.2)")
+    dist = parser.add_argument_group("distillation stage")
+    dist.add_argument("-lambda_seg", type=float, default=None, help="segmentation loss weight (default 1)")
+    dist.add_argument("-lambda_rec", type=float, default=None, help="teacher reconstruction loss weight (default 1)")
+    dist.add_argument("-lambda_hint", type=float, default=None, help="hint loss weight (default 1; 0 = no teacher)")
+    dist.add_argument("-hint_layers", type=int, default=None, help="decoder layers the hint loss uses (default 2)")
+    dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
+    dist.add_argument("-lr", type=float, default=None, help="initial learning rate (default 1e-2 for sgd)")
     add_seed_arg(parser)
     add_pbar_arg(parser)
     add_folder_args(parser, "preprocessed", "results")
@@ -41,7 +48,9 @@ def stage_options(args: argparse.Namespace) -> dict:
     """Options given on the command line (None = the trainer's default)."""
     options = {"network": args.reg_network, "similarity": args.similarity, "lambda_smooth": args.lambda_smooth,
                "lambda_contrast": args.lambda_contrast, "registration_lr": args.reg_lr,
-               "diffeomorphic": False if args.no_diffeomorphic else None, "appearance": True if args.appearance else None}
+               "diffeomorphic": False if args.no_diffeomorphic else None, "appearance": True if args.appearance else None,
+               "lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec, "lambda_hint": args.lambda_hint,
+               "hint_layers": args.hint_layers, "optimizer": args.optimizer, "lr": args.lr}
     return {k: v for k, v in options.items() if v is not None}
 
 

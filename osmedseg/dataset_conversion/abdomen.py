@@ -42,7 +42,8 @@ def collect(root: str, label_set: str = "auto") -> Source:
     if label_set == "auto":
         largest = int(LabelRecipe().read(cases[0].label_file)[0].max())
         label_set = "13" if largest > len(ORGANS_4) else "4"
-        print(f"label set: {label_set} organs (largest id {largest} in {cases[0].label_file}; override with --label-set)")
+        print(f"label set: {label_set} organs (largest id {largest} in {cases[0].label_file}; "
+              f"override with --label-set)")
     organs = ORGANS_4 if label_set == "4" else ORGANS_13
     return Source(KIND, [root], cases, ["CT"], default_name="BCV",
                   description=f"Abdominal CT (BCV / Learn2Reg abdomen) with {label_set} organ labels, converted from "

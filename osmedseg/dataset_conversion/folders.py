@@ -11,7 +11,8 @@ import re
 from typing import Sequence
 
 from osmedseg.dataset_conversion.labels import LabelRecipe, parse_label_map, parse_label_names
-from osmedseg.dataset_conversion.source import Source, SourceCase, list_volumes, require_dir, sanitize_name, strip_ending
+from osmedseg.dataset_conversion.source import (Source, SourceCase, list_volumes, require_dir, sanitize_name,
+                                                strip_ending)
 from osmedseg.errors import OsmError
 from osmedseg.io import file_ending
 

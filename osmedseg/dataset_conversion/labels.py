@@ -80,9 +80,11 @@ class LabelRecipe:
             lut[source] = target
         return lut[label].astype(_dtype_for(max(self.mapping.values(), default=0)))
 
-    def unmapped(self, values: set[int]) -> set[int]:
-        """Non-zero source ids that the mapping sends to background because it does not list them."""
-        return set() if not self.mapping else {v for v in values if v and v not in self.mapping}
+    def unmapped(self, label: np.ndarray) -> set[int]:
+        """Non-zero ids of ``label`` (before the mapping) that the mapping sends to background as it lacks them."""
+        if not self.mapping:
+            return set()
+        return {int(v) for v in np.flatnonzero(np.bincount(label.ravel())) if v and v not in self.mapping}
 
 
 def _dtype_for(max_value: int) -> type:
@@ -97,8 +99,8 @@ def _integral(array: np.ndarray, path: str) -> np.ndarray:
         rounded = np.rint(array)
         off = np.abs(array - rounded) > INTEGRAL_TOLERANCE
         if off.any():
-            raise OsmError(f"{path}: label map has non-integer values (e.g. {array[off].flat[0]:.4g}); probability "
-                           f"maps must be 4D one-hot files used with --label-channels")
+            raise OsmError(f"{path}: label map has non-integer values (e.g. {array[off].flat[0]:.4g}); for one-hot or "
+                           f"probability maps use osm_convert folders --label-channels (voxels > 0.5)")
         array = rounded
     elif not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
         raise OsmError(f"{path}: label map has unsupported type {array.dtype}")

@@ -1,5 +1,8 @@
-"""neurite-OASIS converter: OASIS_OAS1_xxxx_MR1/aligned_norm.nii.gz with aligned_seg35.nii.gz or
-aligned_seg4.nii.gz (skull-stripped, affinely aligned T1, intensities already in [0, 1]).
+"""neurite-OASIS converter: OASIS_OAS1_xxxx_MR1/aligned_norm.nii.gz with aligned_seg35 or aligned_seg4.nii.gz.
+
+The images are skull-stripped, affinely aligned T1 MRI with intensities already in [0, 1]; case id = the subject
+folder name without OASIS_ (OAS1_0001_MR1). Label names come from seg35_labels.txt / seg4_labels.txt in the input
+folder when present, else from the built-in FreeSurfer tables.
 """
 from __future__ import annotations
 

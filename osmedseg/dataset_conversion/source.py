@@ -50,8 +50,8 @@ class Source:
                 raise OsmError(f"{case.image_files[0]}: case id {case.case_id!r} is also used by {seen[case.case_id]}")
             seen[case.case_id] = case.image_files[0]
             if len(case.image_files) != len(self.channel_names):
-                raise OsmError(f"{case.image_files[0]}: case {case.case_id} has {len(case.image_files)} channel file(s), "
-                               f"expected {len(self.channel_names)} ({', '.join(self.channel_names)})")
+                raise OsmError(f"{case.image_files[0]}: case {case.case_id} has {len(case.image_files)} channel "
+                               f"file(s), expected {len(self.channel_names)} ({', '.join(self.channel_names)})")
 
 
 def require_dir(path: str, what: str) -> str:
@@ -83,7 +83,7 @@ def list_volumes(folder: str) -> list[str]:
 
 
 def sanitize_name(text: str, fallback: str = "Converted") -> str:
-    """A dataset name made of letters, digits, ``_``, ``-`` and ``.`` from ``text`` (``fallback`` if nothing is left)."""
+    """A dataset name of letters, digits, ``_``, ``-`` and ``.`` made from ``text`` (``fallback`` if none is left)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-") or fallback
 
 

@@ -9,7 +9,7 @@ Layouts (found anywhere below the input folder):
 * the pre-processed subset spine_imageNNN + spine_labelNNN (ids 1..n from superior to inferior, not VerSe
   ids; case id spineNNN).
 
-relabel renumbers the ids present 1, 2, ... in anatomical order (T13 between T12 and L1).
+--relabel renumbers the ids present 1, 2, ... in anatomical order (T13 between T12 and L1).
 """
 from __future__ import annotations
 

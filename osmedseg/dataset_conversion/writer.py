@@ -140,7 +140,8 @@ def _staging_folder(target: str, overwrite: bool) -> Iterator[str]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _scan_labels(cases: list[SourceCase], recipe: LabelRecipe) -> tuple[dict[str, _LabelScan], dict[int, str], set[int]]:
+def _scan_labels(cases: list[SourceCase],
+                 recipe: LabelRecipe) -> tuple[dict[str, _LabelScan], dict[int, str], set[int]]:
     """Label ids, foreground volumes and grids of every labeled case; also where each id is first seen."""
     scans: dict[str, _LabelScan] = {}
     first_seen: dict[int, str] = {}
@@ -149,7 +150,7 @@ def _scan_labels(cases: list[SourceCase], recipe: LabelRecipe) -> tuple[dict[str
         if case.label_file is None:
             continue
         raw, geometry = recipe.read(case.label_file)
-        unmapped |= recipe.unmapped(_values(raw))
+        unmapped |= recipe.unmapped(raw)
         label = recipe.apply(raw)
         counts = np.bincount(label.ravel())
         values = frozenset(int(v) for v in np.flatnonzero(counts))
@@ -158,10 +159,6 @@ def _scan_labels(cases: list[SourceCase], recipe: LabelRecipe) -> tuple[dict[str
         volume = float(label.size - counts[0]) * float(np.prod(geometry.spacing))
         scans[case.case_id] = _LabelScan(label.shape, geometry, volume, values)
     return scans, first_seen, unmapped
-
-
-def _values(label: np.ndarray) -> set[int]:
-    return {int(v) for v in np.flatnonzero(np.bincount(label.ravel()))}
 
 
 def _warn_atlas_coverage(atlas: str, scans: dict[str, _LabelScan], found: set[int],

@@ -131,7 +131,8 @@ def _align(fixed_image: sitk.Image, moving_image: sitk.Image, registration_seed:
 
 def resample_to_atlas(moving: np.ndarray, moving_geometry: Geometry, atlas_geometry: Geometry,
                       atlas_shape: tuple[int, int, int], result: AlignmentResult, is_label: bool = False) -> np.ndarray:
-    """Bring ``moving`` ((Z, Y, X) or (C, Z, Y, X)) into the atlas grid: linear for images, nearest for labels."""
+    """Bring ``moving`` ((Z, Y, X) or (C, Z, Y, X)) into the atlas grid, or any grid in the atlas's physical space
+    (e.g. the atlas cropped or resampled); linear for images (float32), nearest for labels (dtype kept); 0 outside."""
     return _resample(moving, moving_geometry, atlas_geometry, atlas_shape, result.to_sitk(), is_label)
 
 
@@ -149,14 +150,12 @@ def _resample(array: np.ndarray, source: Geometry, target: Geometry, target_shap
         return np.stack([_resample(channel, source, target, target_shape, transform, is_label) for channel in array])
     if array.ndim != 3:
         raise ValueError(f"expected a (Z, Y, X) or (C, Z, Y, X) array, got shape {array.shape}")
-    if is_label:
-        values = array.astype(np.uint8) if array.dtype == bool else array
-    else:
-        values = array.astype(np.float32, copy=False)
+    output_dtype = array.dtype if is_label else np.dtype(np.float32)
+    values = array.astype(np.uint8 if array.dtype == bool else output_dtype, copy=False)  # ITK has no bool pixels
     interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
     image = sitk.Resample(_to_image(values, source), [int(n) for n in target_shape[::-1]], transform, interpolator,
                           target.origin, target.spacing_itk, target.direction, 0.0)
-    return sitk.GetArrayFromImage(image).astype(array.dtype, copy=False)
+    return sitk.GetArrayFromImage(image).astype(output_dtype, copy=False)
 
 
 def _to_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:

@@ -61,8 +61,9 @@ def read_case(folder: str, case_id: str) -> tuple[np.ndarray, np.ndarray | None,
 
 
 def list_cached_cases(folder: str, role: str | None = None) -> list[str]:
-    """Case ids with a properties file in ``folder`` (optionally only those of ``role``), sorted."""
+    """Ids of the complete cases (arrays and properties) in ``folder``, optionally only those of ``role``, sorted."""
     if not os.path.isdir(folder):
         return []
-    ids = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".json") and not f.startswith("."))
+    ids = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".json") and not f.startswith(".")
+                 and os.path.isfile(os.path.join(folder, f[:-5] + ".npz")))
     return [i for i in ids if role is None or read_properties(folder, i).get("role") == role]

@@ -4,7 +4,7 @@ Bounding boxes are half-open ``[[z0, z1], [y0, y1], [x0, x1]]`` over the last th
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from acvl_utils.cropping_and_padding.bounding_boxes import (
@@ -23,13 +23,13 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     Same result as ``scipy.ndimage.binary_fill_holes`` but one labelling pass instead of an iterated dilation,
     which is several times faster on large volumes.
     """
-    labels, n = ndimage.label(~mask)
-    keep = np.ones(n + 1, dtype=bool)  # label 0 is the mask itself; holes are labels that never touch the border
+    labels, n = ndimage.label(~mask)  # label 0 is the mask itself
+    outside = np.zeros(n + 1, dtype=bool)  # background components touching the border
     for axis in range(mask.ndim):
         for index in (0, -1):
-            keep[np.take(labels, index, axis=axis)] = False
-    keep[0] = True
-    return keep[labels]
+            outside[np.take(labels, index, axis=axis)] = True
+    outside[0] = False
+    return mask.copy() if outside[1:].all() else ~outside[labels]
 
 
 def nonzero_mask(data: np.ndarray) -> np.ndarray:
@@ -39,10 +39,10 @@ def nonzero_mask(data: np.ndarray) -> np.ndarray:
 
 def _signed(seg: np.ndarray) -> np.ndarray:
     """``seg`` itself if its dtype can hold -1, else a copy in the smallest signed type that holds its labels."""
-    if seg.dtype.kind == "i":
+    if seg.dtype.kind in "if":
         return seg
     top = int(seg.max()) if seg.size else 0
-    return seg.astype(np.result_type(np.int8, np.min_scalar_type(top)))
+    return seg.astype(np.min_scalar_type(-top - 1))
 
 
 def crop_to_nonzero(
@@ -55,13 +55,13 @@ def crop_to_nonzero(
     convention (int8: 0 inside, -1 outside). A volume without nonzero voxels is kept whole and counts as all inside.
     Returns copies ``(data, seg, bbox)``.
     """
-    mask = nonzero_mask(data)
-    if not mask.any():
-        mask[...] = True
-    bbox = [[int(a), int(b)] for a, b in get_bbox_from_mask(mask)]
+    nonzero = np.any(data != 0, axis=0)
+    if not nonzero.any():
+        nonzero[...] = True
+    bbox = [[int(a), int(b)] for a, b in get_bbox_from_mask(nonzero)]
     spatial = bounding_box_to_slice(bbox)
     data = data[(Ellipsis, *spatial)].copy()
-    mask = mask[spatial]
+    mask = fill_holes(nonzero[spatial])  # all outside the box is background, so the holes are those inside it
     if seg is not None:
         seg = seg[(Ellipsis, *spatial)].copy()
         if mark_outside:

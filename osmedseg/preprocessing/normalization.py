@@ -7,7 +7,7 @@ foreground intensity statistics of that channel (used by ``ct`` only), with the 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,15 +33,13 @@ def _ct(image: np.ndarray, mask: np.ndarray | None, stats: dict | None) -> np.nd
 def _zscore(image: np.ndarray, mask: np.ndarray | None, stats: dict | None) -> np.ndarray:
     """Per-image z-score; with a (non-empty) mask, statistics come from inside it and outside becomes 0."""
     out = image.astype(np.float32)
-    if mask is None or not mask.any():
-        out -= np.float32(out.mean(dtype=np.float64))
-        out /= np.float32(max(float(out.std(dtype=np.float64)), EPS))
-        return out
-    values = out[mask]
-    mean, std = values.mean(dtype=np.float64), max(float(values.std(dtype=np.float64)), EPS)
+    masked = mask is not None and mask.any()
+    values = out[mask] if masked else out
+    mean, std = values.mean(dtype=np.float64), max(float(values.std()), EPS)  # a float32 std is accurate enough
     out -= np.float32(mean)
     out /= np.float32(std)
-    out[~mask] = 0
+    if masked:
+        out[~mask] = 0
     return out
 
 
@@ -73,7 +71,8 @@ def scheme_for_channel(name: str) -> str:
     return key if key in NORMALIZERS else "zscore"
 
 
-def normalize(channel: np.ndarray, scheme: str, mask: np.ndarray | None = None, stats: dict | None = None) -> np.ndarray:
+def normalize(channel: np.ndarray, scheme: str, mask: np.ndarray | None = None,
+              stats: dict | None = None) -> np.ndarray:
     """Normalise one ``(Z, Y, X)`` channel with ``scheme`` (case-insensitive); returns a new float32 array."""
     try:
         normalizer = NORMALIZERS[scheme.casefold()]

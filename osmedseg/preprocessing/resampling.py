@@ -13,10 +13,11 @@ single coarsest axis, that axis is resampled with ``order_z`` (nearest by defaul
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from math import prod
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ def _cubic_bspline_matrix(x: np.ndarray, n_in: int) -> np.ndarray:
     position = x + _SPLINE_PAD
     taps = np.floor(position).astype(int)[:, None] + np.arange(-1, 3)
     matrix = np.einsum("ot,otn->on", _bspline3(position[:, None] - taps), coefficients[taps])
-    matrix[np.abs(matrix) < _NEGLIGIBLE] = 0  # the far tails would be float32 denormals, which make products ~20x slower
+    matrix[np.abs(matrix) < _NEGLIGIBLE] = 0  # far tails would be float32 denormals, which make products ~20x slower
     return matrix
 
 
@@ -156,6 +157,8 @@ def resample_data(data: np.ndarray, current_spacing: Sequence[float], new_spacin
     Give ``new_spacing``, ``new_shape`` or both (the spacing then only decides separate z). Each channel is
     clipped to its input range. Identical shapes return an unchanged float32 copy.
     """
+    if data.ndim != 4:
+        raise ValueError(f"resample_data expects (C, Z, Y, X) data, got shape {data.shape}")
     new_shape, operators, axes = _plan(data.shape[1:], current_spacing, new_spacing, new_shape, order, order_z,
                                        separate_z)
     if not axes:
@@ -168,9 +171,9 @@ def resample_data(data: np.ndarray, current_spacing: Sequence[float], new_spacin
     return out
 
 
-def _support(operator: np.ndarray, start: int, stop: int) -> tuple[slice, slice] | None:
-    """Output rows that input samples ``[start, stop)`` reach and the input columns those rows read (None: none)."""
-    rows = np.flatnonzero(operator[:, start:stop].any(axis=1))
+def _support(operator: np.ndarray, samples: slice) -> tuple[slice, slice] | None:
+    """Output rows that input ``samples`` reach and the input columns those rows read (None: no row)."""
+    rows = np.flatnonzero(operator[:, samples].any(axis=1))
     if rows.size == 0:
         return None
     cols = np.flatnonzero(operator[rows[0]:rows[-1] + 1].any(axis=0))
@@ -179,7 +182,7 @@ def _support(operator: np.ndarray, start: int, stop: int) -> tuple[slice, slice]
 
 @contextmanager
 def _single_threaded() -> Iterator[None]:
-    """Run torch single-threaded inside the block (restoring the previous setting after it)."""
+    """Run torch single-threaded inside the block, then restore the setting (which is process-wide)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -194,10 +197,13 @@ def resample_seg(seg: np.ndarray, current_spacing: Sequence[float], new_spacing:
     """Resample a ``(Z, Y, X)`` label map without creating label values; returns the input dtype.
 
     Every output voxel takes the label whose one-hot mask, interpolated with ``order``, weighs most there (ties: the
-    higher label). This keeps every voxel that nnU-Net's one-hot threshold at 0.5 keeps, and also fills the voxels
-    where no label reaches 0.5. Each mask is interpolated only around its bounding box, except the label with the
-    largest box (usually background), whose weight is 1 minus the others'. All orders 0 is a plain nearest lookup.
+    higher label). With linear weights this keeps every voxel that nnU-Net's one-hot threshold at 0.5 keeps, and
+    also fills the voxels where no label reaches 0.5. Each mask is interpolated only around its bounding box, except
+    the label with the largest box (usually background), whose weight is 1 minus the others'. All orders 0 is a
+    plain nearest lookup.
     """
+    if seg.ndim != 3:
+        raise ValueError(f"resample_seg expects a (Z, Y, X) label map, got shape {seg.shape}")
     new_shape, operators, axes = _plan(seg.shape, current_spacing, new_spacing, new_shape, order, order_z, separate_z)
     if not axes:
         return seg.copy()
@@ -213,8 +219,11 @@ def resample_seg(seg: np.ndarray, current_spacing: Sequence[float], new_spacing:
     total = np.zeros(new_shape, dtype=np.float32)  # summed weight of the explicit labels
     with _single_threaded():  # many small products: on a busy machine threads mostly wait for each other
         for label in sorted(boxes, reverse=True):  # descending, with a strict '>': ties go to the higher label
-            supports = [_support(m, s.start, s.stop) for m, s in zip(matrices, boxes[label])]
-            if label == implicit or None in supports:
+            if label == implicit:
+                continue
+            supports = [_support(m, box) if axis in axes else (box, box)
+                        for axis, (m, box) in enumerate(zip(matrices, boxes[label]))]
+            if None in supports:  # nearest along an axis skips every sample of this label
                 continue
             rows = tuple(r for r, _ in supports)
             cols = tuple(c for _, c in supports)

@@ -12,6 +12,7 @@ from osmedseg.errors import OsmError
 from osmedseg.planning.fingerprint import FINGERPRINT_FILE
 from osmedseg.planning.plans import PLANS_FILE
 from osmedseg.synthesis.offline import synthesize_offline
+from osmedseg.training.distillation_stage import DistillationStage
 from osmedseg.training.registration_stage import RegistrationStage
 from osmedseg.training.stage_trainer import StageTrainer
 from osmedseg.utilities.atomic import atomic_path, save_json_atomic
@@ -29,9 +30,11 @@ class MethodTrainer:
     A variant is a subclass that changes a class attribute, e.g. ``distillation_options = {"lambda_hint": 0}``.
     """
 
-    stages: tuple[str, ...] = ("registration", "synthesis")
+    stages: tuple[str, ...] = ("registration", "synthesis", "distillation")
     registration_stage: type[StageTrainer] = RegistrationStage
     registration_options: dict = {}
+    distillation_stage: type[StageTrainer] = DistillationStage
+    distillation_options: dict = {}
 
     def __init__(self, plans: dict, dataset_json: dict, preprocessed_dataset_folder: str, results_root: str,
                  device: str = "cpu", epochs: int | None = None, total_iterations: int | None = None,
@@ -53,6 +56,9 @@ class MethodTrainer:
         """Instantiate the stage ``name`` with this method's options (CLI options override class defaults)."""
         if name == "registration":
             return self.registration_stage(**self.common, **{**self.registration_options, **self.options})
+        if name == "distillation":
+            return self.distillation_stage(**self.common, synthesis_folder=self.synthesis_folder,
+                                           **{**self.distillation_options, **self.options})
         raise OsmError(f"{type(self).__name__} has no stage {name!r} (stages: {', '.join(self.stages)})")
 
     def prepare_run_folder(self) -> None:

@@ -19,14 +19,6 @@ from osmedseg.utilities.atomic import save_npz_atomic
 ATLAS_GRID_FILE = "atlas_grid.npz"
 
 
-def jitter_intensity(images: torch.Tensor, rng: np.random.Generator, strength: float = 0.15) -> torch.Tensor:
-    """Random per-sample contrast/brightness change, so copies of the atlas give distinct embeddings."""
-    b = images.shape[0]
-    scale = torch.as_tensor(rng.uniform(1 - strength, 1 + strength, b), dtype=images.dtype, device=images.device)
-    shift = torch.as_tensor(rng.uniform(-strength, strength, b), dtype=images.dtype, device=images.device)
-    return images * scale.view(-1, 1, 1, 1, 1) + shift.view(-1, 1, 1, 1, 1)
-
-
 class RegistrationStage(StageTrainer):
     """Trains the registration network (and optionally the appearance model) of the plans' registration grid.
 
@@ -71,7 +63,7 @@ class RegistrationStage(StageTrainer):
 
     def train_step(self, rng: np.random.Generator) -> dict[str, float]:
         targets = self._targets(rng)
-        atlas = jitter_intensity(self.atlas.expand(len(targets), *self.atlas.shape[1:]), rng)
+        atlas = self.atlas.expand(len(targets), *self.atlas.shape[1:])
         with self.autocast():
             out = self.modules["registration"](atlas, targets)
             warped = warp(atlas, out["flow"])

@@ -138,5 +138,6 @@ def test_missing_label_names_the_file(tmp_path, write_pair, convert):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"{tmp_path / 'lab' / 'c0.nii.gz'}: label file missing" in err
 
-    code, _, err = convert(["folders", "--images", str(tmp_path / "nope"), "--labels", str(tmp_path / "lab"), "-d", "9"])
+    code, _, err = convert(["folders", "--images", str(tmp_path / "nope"), "--labels", str(tmp_path / "lab"),
+                            "-d", "9"])
     assert code == 2 and f"{tmp_path / 'nope'}: image folder" in err

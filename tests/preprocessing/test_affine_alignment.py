@@ -120,7 +120,8 @@ def test_moving_label_lands_on_atlas_label(aligned, case):
 
 
 def test_image_resamples_to_float_atlas_grid(aligned, case):
-    in_atlas = resample_to_atlas(case["image"], case["geometry"], ATLAS_GEOMETRY, ATLAS_SHAPE, aligned)
+    integer_image = np.round(case["image"] * 1000).astype(np.int16)
+    in_atlas = resample_to_atlas(integer_image, case["geometry"], ATLAS_GEOMETRY, ATLAS_SHAPE, aligned)
     assert in_atlas.shape == ATLAS_SHAPE and in_atlas.dtype == np.float32
     assert np.corrcoef(in_atlas.ravel(), case["atlas"].ravel())[0, 1] > 0.9
 
@@ -182,6 +183,16 @@ def test_serialisation_round_trip(aligned):
     assert restored == aligned
     assert restored.transform["type"] == "affine" and np.shape(restored.transform["matrix"]) == (3, 3)
     np.testing.assert_allclose(restored.to_sitk().GetParameters(), aligned.to_sitk().GetParameters())
+
+
+def test_identity_result_leaves_the_atlas_unchanged():
+    atlas, atlas_label = _phantom()
+    identity = AlignmentResult.identity()
+    assert identity.converged
+    np.testing.assert_array_equal(resample_to_atlas(atlas_label, ATLAS_GEOMETRY, ATLAS_GEOMETRY, ATLAS_SHAPE, identity,
+                                                    is_label=True), atlas_label)
+    np.testing.assert_allclose(resample_from_atlas(atlas, ATLAS_GEOMETRY, ATLAS_GEOMETRY, ATLAS_SHAPE, identity,
+                                                   is_label=False), atlas, atol=1e-6)
 
 
 def test_user_errors(case, aligned):

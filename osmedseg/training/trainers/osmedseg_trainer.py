@@ -1,11 +1,26 @@
-"""OS-MedSeg (METHODS 3): registration augmentation, then reconstruction-guided teacher-student distillation."""
+"""OS-MedSeg (METHODS 3): registration augmentation, then reconstruction-guided teacher-student distillation.
+
+The variants are the ablations the paper reports, each changing one option.
+"""
 from __future__ import annotations
 
 from osmedseg.training.method_trainer import MethodTrainer
 
 
 class OSMedSegTrainer(MethodTrainer):
-    """The default method."""
+    """The default method: contrastive registration, offline synthesis, hint loss on the last two decoder layers."""
+
+
+class OSMedSegTrainer_NoHint(OSMedSegTrainer):
+    """Student trained on synthesised pairs only, no teacher (the DataAug-style baseline)."""
+
+    distillation_options = {"lambda_hint": 0.0}
+
+
+class OSMedSegTrainer_Hint1(OSMedSegTrainer):
+    """Hint loss on the last decoder layer only."""
+
+    distillation_options = {"hint_layers": 1}
 
 
 class OSMedSegTrainer_VoxelMorph(OSMedSegTrainer):

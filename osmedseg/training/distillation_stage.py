@@ -1,0 +1,139 @@
+"""Reconstruction-guided teacher-student distillation (OS-MedSeg, METHODS 3).
+
+The student segments synthesised images (Dice + CE against the warped atlas labels); the teacher reconstructs the
+real unlabeled images they were synthesised from; the hint loss ``1 - cos`` pulls the student's last decoder
+features towards the teacher's (teacher side detached). Only the student is kept for inference.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from osmedseg.dataset.dataset_json import label_values
+from osmedseg.errors import OsmError
+from osmedseg.networks.unet import build_network
+from osmedseg.synthesis.offline import load_synthesized
+from osmedseg.training.augmentation import enlarged_patch_size, training_transforms
+from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss
+from osmedseg.training.patch_sampler import PatchSampler
+from osmedseg.training.stage_trainer import StageTrainer
+from osmedseg.training.validation import pseudo_dice
+from osmedseg.utilities.atomic import torch_save_atomic
+
+STUDENT_FILE = "student_{}.pth"
+
+
+class DistillationStage(StageTrainer):
+    """Trains teacher and student jointly on (synthesised image, synthesised label, real image) triplets.
+
+    Options: ``lambda_seg``, ``lambda_rec``, ``lambda_hint`` (0 trains the student alone: the DataAug-style
+    baseline), ``hint_layers``, ``optimizer`` ('sgd' with nnU-Net's poly schedule, or 'adam'), ``lr``,
+    ``oversample_foreground``, ``validation_fraction``.
+    """
+
+    stage_name = "distillation"
+    default_epochs = 50
+    iterations_per_epoch = 50
+    defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "optimizer": "sgd",
+                "lr": 1e-2, "weight_decay": 3e-5, "oversample_foreground": 0.33, "validation_fraction": 0.1}
+
+    def __init__(self, *args, synthesis_folder: str, **options):
+        super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
+        self.synthesis_folder = synthesis_folder
+        self.best_ema: float | None = None
+        self.ema: float | None = None
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.options["lambda_hint"] > 0
+
+    # ---- data -----------------------------------------------------------------------------------------------------
+    def _split(self) -> tuple[list[dict], list[dict]]:
+        samples = load_synthesized(self.synthesis_folder)
+        if not samples:
+            raise OsmError(f"{self.synthesis_folder}: no synthesised samples; run osm_train -stage synthesis first")
+        ids = sorted(samples)
+        n_val = max(1, int(round(self.options["validation_fraction"] * len(ids)))) if len(ids) > 1 else 0
+        order = np.random.default_rng(self.seed).permutation(len(ids))
+        val_ids = {ids[i] for i in order[:n_val]}
+        to_sample = lambda s: {"data": np.concatenate([s["image"], s["real"]]), "label": s["label"]}  # noqa: E731
+        train = [to_sample(samples[i]) for i in ids if i not in val_ids]
+        validation = [{"image": samples[i]["image"], "label": samples[i]["label"]} for i in sorted(val_ids)]
+        self.validation_ids = sorted(val_ids)
+        return train, validation
+
+    def build(self) -> None:
+        configuration = self.plans["configurations"]["segmentation"]
+        self.patch_size = configuration["patch_size"]
+        self.num_classes = max(label_values(self.dataset_json)) + 1
+        train, self.validation = self._split()
+        self.channels = train[0]["data"].shape[0] // 2
+        self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration["batch_size"],
+                                    self.options["oversample_foreground"], self.seed)
+        self.transforms = training_transforms(self.patch_size)
+        arch = configuration["architecture"]
+        hint_layers = self.options["hint_layers"]
+        self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
+                                                hint_layers).to(self.device)
+        if self.uses_teacher:
+            self.modules["teacher"] = build_network(arch, self.channels, self.channels, "teacher",
+                                                    hint_layers).to(self.device)
+        for name, module in self.modules.items():
+            self.optimizers[name] = self._optimizer(module)
+            self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers[name], lambda epoch: (1 - epoch / self.epochs) ** 0.9)
+        self.segmentation_loss = DiceCELoss()
+        self.reconstruction_loss = ReconstructionLoss()
+        self.hint_loss = HintLoss()
+
+    def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
+        lr, wd = self.options["lr"], self.options["weight_decay"]
+        if self.options["optimizer"] == "adam":
+            return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.SGD(module.parameters(), lr=lr, weight_decay=wd, momentum=0.99, nesterov=True)
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def train_step(self, rng: np.random.Generator) -> dict[str, float]:
+        batch = self.transforms(**self.sampler.sample(rng))
+        data = torch.from_numpy(batch["data"]).to(self.device)
+        target = torch.from_numpy(batch["seg"]).long().to(self.device)
+        synthetic, real = data[:, :self.channels], data[:, self.channels:]
+        with self.autocast():
+            student = self.modules["student"](synthetic)
+            seg_loss = self.segmentation_loss(student["out"], target)
+            total = self.options["lambda_seg"] * seg_loss
+            values = {"segmentation": seg_loss}
+            if self.uses_teacher:
+                teacher = self.modules["teacher"](real)
+                rec_loss = self.reconstruction_loss(teacher["out"].float(), real)
+                hint_loss = self.hint_loss(student["hints"], teacher["hints"])
+                total = total + self.options["lambda_rec"] * rec_loss + self.options["lambda_hint"] * hint_loss
+                values.update(reconstruction=rec_loss, hint=hint_loss)
+        self.backward_and_step(total, list(self.modules))
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in values.items()}}
+
+    def end_of_epoch(self) -> dict[str, float]:
+        """Pseudo-Dice on the held-out synthesised volumes; keeps ``student_best.pth`` on its moving average."""
+        if not self.validation:
+            return {}
+        dice = pseudo_dice(self.modules["student"], self.validation, self.patch_size, self.num_classes, self.device)
+        self.ema = dice if self.ema is None else 0.9 * self.ema + 0.1 * dice
+        if self.best_ema is None or self.ema > self.best_ema:
+            self.best_ema = self.ema
+            self.save_student("best")
+        return {"pseudo_dice": dice, "pseudo_dice_ema": self.ema}
+
+    def end_of_training(self) -> None:
+        self.save_student("final")
+
+    def save_student(self, tag: str) -> str:
+        """Write the student alone (weights + what inference needs) as ``student_<tag>.pth``."""
+        path = os.path.join(self.folder, STUDENT_FILE.format(tag))
+        torch_save_atomic({"state_dict": self.modules["student"].state_dict(),
+                           "architecture": self.plans["configurations"]["segmentation"]["architecture"],
+                           "in_channels": self.channels, "num_classes": self.num_classes,
+                           "hint_layers": self.options["hint_layers"], "trainer": type(self).__name__,
+                           "epoch": self.epoch}, path)
+        return path

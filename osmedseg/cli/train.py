@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=int, default=None, help="epochs per trained stage (default: the trainer's)")
     budget.add_argument("--iters", type=int, default=None, help="total iterations per trained stage")
     parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("-reuse_registration", default=None, metavar="TRAINER",
+                        help="take the finished registration stage of another trainer (e.g. OSMedSegTrainer) instead "
+                             "of training it again; for variants that only change distillation")
     reg = parser.add_argument_group("registration stage")
     reg.add_argument("-reg_network", choices=("contrastive", "voxelmorph"), default=None)
     reg.add_argument("--no_diffeomorphic", action="store_true", help="predict displacements directly (no SVF)")
@@ -64,4 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer_class = find_class("osmedseg.training.trainers", args.trainer, MethodTrainer)
     trainer = trainer_class(plans, load_dataset_json_file(os.path.join(folder, "dataset.json")), folder, results_root,
                             args.device, args.epochs, args.iters, args.seed, args.no_pbar, stage_options(args))
-    trainer.run(args.stage, args.resume)
+    trainer.run(args.stage, args.resume, args.reuse_registration)
+
+
+if __name__ == "__main__":
+    main()

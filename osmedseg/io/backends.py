@@ -1,6 +1,9 @@
 """Low-level readers and writers: SimpleITK and nibabel, both returning arrays in (..., Z, Y, X) order."""
 from __future__ import annotations
 
+import gzip
+import zlib
+
 import numpy as np
 
 from osmedseg.io.geometry import Geometry
@@ -19,6 +22,10 @@ class SimpleITKBackend:
         import SimpleITK as sitk
 
         image = sitk.ReadImage(path)
+        if path.lower().endswith((".nii", ".nii.gz")):
+            problem = _nifti_data_problem(path)
+            if problem:  # raise, so that read_array reports it or falls back to nibabel (which keeps NaN voxels)
+                raise ValueError(problem)
         array = sitk.GetArrayFromImage(image)
         if image.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: move components first
             array = np.moveaxis(array, -1, 0)
@@ -39,6 +46,51 @@ class SimpleITKBackend:
         image.SetOrigin(geometry.origin)
         image.SetDirection(geometry.direction)
         sitk.WriteImage(image, path, useCompression=True)
+
+
+_CHUNK_BYTES = 1 << 24
+
+
+def _nifti_data_problem(path: str) -> str | None:
+    """What ITK's NIfTI reader hides: a truncated data block (read as zeros) or NaN/Inf voxels (turned into 0).
+
+    Reads the raw data block once (in chunks); for an integer .nii.gz whose gzip trailer records the expected size,
+    only the trailer is read. Returns a description of the problem, or None.
+    """
+    import nibabel as nib
+
+    try:
+        header = nib.load(path).header
+        dtype = header.get_data_dtype()
+        offset = int(header.get_data_offset())
+        expected = int(np.prod(header.get_data_shape(), dtype=np.int64)) * dtype.itemsize
+    except Exception:  # noqa: BLE001 - a header nibabel cannot parse: nothing to check against, trust ITK
+        return None
+    floating = dtype.kind in "fc"
+    compressed = path.lower().endswith(".gz")
+    if compressed and not floating:
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            if int.from_bytes(f.read(4), "little") == (offset + expected) % 2**32:  # gzip ISIZE: complete
+                return None
+    chunk = max(_CHUNK_BYTES - _CHUNK_BYTES % dtype.itemsize, dtype.itemsize)
+    seen = 0
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as f:
+            f.seek(offset)
+            while seen < expected:
+                block = f.read(min(chunk, expected - seen))
+                if not block:
+                    break
+                usable = block[: len(block) - len(block) % dtype.itemsize]
+                if floating and not np.isfinite(np.frombuffer(usable, dtype)).all():
+                    return "contains NaN or Inf voxels (SimpleITK would read them as 0)"
+                seen += len(block)
+    except (EOFError, OSError, zlib.error) as e:
+        return f"truncated or corrupt data ({e})"
+    if seen < expected:
+        return f"truncated data: {seen} of {expected} bytes"
+    return None
 
 
 class NibabelBackend:

@@ -32,7 +32,9 @@ def read_array(path: str, backend: str | None = None) -> tuple[np.ndarray, Geome
         try:
             return reader.read(path)
         except Exception as e:  # noqa: BLE001 - each backend's failure is reported together below
-            errors.append(f"{reader.name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            # SimpleITK's first line only names the C++ source file; its last line says what went wrong
+            errors.append(f"{reader.name}: {lines[-1] if reader is SimpleITKBackend else lines[0]}")
     raise OsmError(f"{path}: unreadable or truncated file ({'; '.join(errors)})")
 
 
@@ -82,7 +84,8 @@ def read_label(path: str, backend: str | None = None) -> tuple[np.ndarray, Geome
         array = rounded
     if array.min() < 0:
         raise OsmError(f"{path}: label map has negative values ({int(array.min())})")
-    return array.astype(np.int16 if array.max() > 127 else np.int8, copy=False), geometry
+    top = int(array.max())
+    return array.astype(np.int8 if top <= 127 else np.int16 if top <= 32767 else np.int32, copy=False), geometry
 
 
 def write_image(array: np.ndarray, path: str, geometry: Geometry, backend: str | None = None) -> None:

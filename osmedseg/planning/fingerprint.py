@@ -36,10 +36,12 @@ def _case_fingerprint(item: tuple[str, Case], declared: list[int], seed: int) ->
     role, case = item
     image, geometry = read_image(case.image_files)
     label = None
-    if role == "atlas":
+    if case.label_file:  # test labels too: a bad one must stop the run before anything is written
         label, label_geometry = read_label(case.label_file)
         check_label_against_image(label, label_geometry, case.label_file, image.shape[1:], geometry,
                                   case.image_files[0], declared)
+        if role != "atlas":  # only the atlas's label enters the statistics
+            label = None
     cropped, cropped_label, bbox = crop_to_nonzero(image, label[None] if label is not None else None,
                                                    mark_outside=False)
     rng = np.random.default_rng([seed, sum(map(ord, case.case_id))])

@@ -20,6 +20,7 @@ def plan_and_preprocess(raw_dataset_folder: str, preprocessed_root: str, planner
                         verify_integrity: bool = False, preprocess: bool = True, seed: int = 12345,
                         disable_pbar: bool = False) -> dict:
     """Run every step for one dataset and return the plans; outputs go to ``preprocessed_root/<dataset>/``."""
+    planner_class = find_class("osmedseg.planning", planner_name, ExperimentPlanner)  # a typo fails before any work
     dataset = load_raw_dataset(raw_dataset_folder)
     if verify_integrity:
         verify_dataset_integrity(dataset, num_processes, disable_pbar)
@@ -27,7 +28,6 @@ def plan_and_preprocess(raw_dataset_folder: str, preprocessed_root: str, planner
     fingerprint = extract_fingerprint(dataset, num_processes, disable_pbar=disable_pbar)
     os.makedirs(out, exist_ok=True)
     save_fingerprint(fingerprint, out)
-    planner_class = find_class("osmedseg.planning", planner_name, ExperimentPlanner)
     plans = planner_class(fingerprint, gpu_memory_target_gb, overwrite_target_spacing).plan()
     plans["seed"] = seed
     save_plans(plans, out)

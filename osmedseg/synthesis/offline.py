@@ -18,6 +18,7 @@ from osmedseg.registration.inference import register, warp_atlas
 from osmedseg.registration.integration import integrate_velocity
 from osmedseg.registration.jacobian import folding_fraction
 from osmedseg.registration.spatial_transformer import warp
+from osmedseg.training.stage_trainer import FINAL
 from osmedseg.utilities.atomic import save_json_atomic, save_npz_atomic
 
 
@@ -39,7 +40,7 @@ def synthesize_offline(stage, output_folder: str, disable_pbar: bool = False) ->
     target_spacing = stage.plans["configurations"]["segmentation"]["spacing"]
     network, appearance = stage.modules["registration"], stage.modules.get("appearance")
     atlas_label = torch.from_numpy(volumes.label(volumes.atlas_id).astype(np.int64))[None, None].to(device)
-    checkpoint = stage.checkpoint_path("checkpoint_final.pth")
+    checkpoint = stage.checkpoint_path(FINAL)
     source = f"{checkpoint}@{os.path.getmtime(checkpoint)}"  # a retrained registration invalidates the cache
     written = []
     for case_id in tqdm(volumes.unlabeled_ids, desc="synthesis", disable=disable_pbar):

@@ -101,12 +101,12 @@ class DistillationStage(StageTrainer):
         target = torch.from_numpy(batch["seg"]).long().to(self.device)
         synthetic, real = data[:, :self.channels], data[:, self.channels:]
         with self.autocast():
-            student = self.modules["student"](synthetic)
+            student = self.train_modules["student"](synthetic)
             seg_loss = self.segmentation_loss(student["out"], target)
             total = self.options["lambda_seg"] * seg_loss
             values = {"segmentation": seg_loss}
             if self.uses_teacher:
-                teacher = self.modules["teacher"](real)
+                teacher = self.train_modules["teacher"](real)
                 rec_loss = self.reconstruction_loss(teacher["out"].float(), real)
                 hint_loss = self.hint_loss(student["hints"], teacher["hints"])
                 total = total + self.options["lambda_rec"] * rec_loss + self.options["lambda_hint"] * hint_loss

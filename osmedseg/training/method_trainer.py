@@ -14,7 +14,7 @@ from osmedseg.planning.plans import PLANS_FILE
 from osmedseg.synthesis.offline import synthesize_offline
 from osmedseg.training.distillation_stage import DistillationStage
 from osmedseg.training.registration_stage import RegistrationStage
-from osmedseg.training.stage_trainer import StageTrainer
+from osmedseg.training.stage_trainer import FINAL, StageTrainer
 from osmedseg.utilities.atomic import atomic_path, save_json_atomic
 
 SYNTHESIS_FOLDER = "synthesis"
@@ -70,12 +70,32 @@ class MethodTrainer:
             with atomic_path(os.path.join(self.run_folder, FINGERPRINT_FILE)) as tmp:
                 shutil.copyfile(fingerprint, tmp)
 
-    def run(self, only_stage: str | None = None, resume: bool = False) -> None:
+    def reuse_registration(self, trainer_name: str) -> None:
+        """Take the finished registration stage of another trainer's run folder (hard links, no copy of data).
+
+        For variants that differ only after registration (e.g. the hint ablations); skipped if this run already
+        has a finished registration stage.
+        """
+        source = os.path.join(os.path.dirname(self.run_folder), f"{trainer_name}__{self.plans['plans_name']}",
+                              "registration")
+        target = os.path.join(self.run_folder, "registration")
+        if os.path.isfile(os.path.join(target, FINAL)):
+            return
+        if not os.path.isfile(os.path.join(source, FINAL)):
+            raise OsmError(f"{source}: no finished registration stage to reuse (train {trainer_name} first)")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(SYNTHESIS_FOLDER))
+        print(f"registration: reusing {source}", flush=True)
+
+    def run(self, only_stage: str | None = None, resume: bool = False, reuse_registration_from: str | None = None
+            ) -> None:
         """Run every stage (or only ``only_stage``); a finished stage is skipped unless it is the one asked for."""
         if only_stage is not None and only_stage not in self.stages:
             raise OsmError(f"-stage {only_stage!r} is not a stage of {type(self).__name__} "
                            f"(stages: {', '.join(self.stages)})")
         self.prepare_run_folder()
+        if reuse_registration_from:
+            self.reuse_registration(reuse_registration_from)
         for name in self.stages:
             if only_stage is not None and name != only_stage:
                 continue
@@ -84,7 +104,7 @@ class MethodTrainer:
                 continue
             stage = self.make_stage(name)
             if stage.is_finished() and only_stage is None:
-                print(f"{name}: final checkpoint exists, skipping ({stage.checkpoint_path('checkpoint_final.pth')})")
+                print(f"{name}: final checkpoint exists, skipping ({stage.checkpoint_path(FINAL)})")
                 continue
             stage.run(resume=resume)
 
@@ -96,3 +116,10 @@ class MethodTrainer:
         stage.load_trained()
         written = synthesize_offline(stage, self.synthesis_folder, self.disable_pbar)
         print(f"synthesis: {len(written)} labeled pairs in {self.synthesis_folder}", flush=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

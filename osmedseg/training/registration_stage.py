@@ -65,7 +65,7 @@ class RegistrationStage(StageTrainer):
         targets = self._targets(rng)
         atlas = self.atlas.expand(len(targets), *self.atlas.shape[1:])
         with self.autocast():
-            out = self.modules["registration"](atlas, targets)
+            out = self.train_modules["registration"](atlas, targets)
             warped = warp(atlas, out["flow"])
             loss, parts = self.loss(warped.float(), targets, out.get("velocity", out["flow"]).float(),
                                     out["z_atlas"], out["z_target"])
@@ -82,7 +82,7 @@ class RegistrationStage(StageTrainer):
         inverse = integrate_velocity(-out["velocity"].detach()) if "velocity" in out else -flow
         atlas = self.atlas.expand(len(targets), *self.atlas.shape[1:])
         with self.autocast():
-            psi = self.modules["appearance"](atlas, warp(targets, inverse))
+            psi = self.train_modules["appearance"](atlas, warp(targets, inverse))
             loss, parts = appearance_loss(atlas, psi, flow, targets, self.atlas_label.to(self.device))
         self.backward_and_step(loss, ["appearance"])
         return parts["total"]

@@ -12,7 +12,8 @@ from osmedseg.utilities.atomic import atomic_path, save_json_atomic
 class RunLog:
     """Keeps the loss history of one stage and writes it as text, JSON and a plot."""
 
-    def __init__(self, folder: str, total_epochs: int, history: dict | None = None):
+    def __init__(self, folder: str, total_epochs: int, history: dict | None = None, enabled: bool = True):
+        self.enabled = enabled  # False on non-zero DDP ranks: nothing is written
         self.folder = folder
         self.total_epochs = total_epochs
         self.history: dict[str, list[float]] = history or {}
@@ -20,6 +21,8 @@ class RunLog:
 
     def message(self, text: str) -> None:
         """Append a line to the log file and print it (flushed, so cluster logs show progress)."""
+        if not self.enabled:
+            return
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
         with open(self.text_path, "a") as f:
             f.write(line + "\n")

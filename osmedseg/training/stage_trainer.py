@@ -1,8 +1,11 @@
-"""A training stage: the loop, checkpoints, resume, NaN guard, logging. Methods subclass it.
+"""A training stage: the loop, checkpoints, resume, NaN guard, logging, DDP. Methods subclass it.
 
 A stage lives in ``<run folder>/<stage_name>/`` and writes ``checkpoint_latest.pth`` after every epoch (atomically)
 and ``checkpoint_final.pth`` at the end. ``resume=True`` continues from the latest checkpoint, restoring weights,
 optimisers and random states, so an interrupted run loses at most one epoch.
+
+Launched by ``torchrun --nproc_per_node N``, every rank trains on its own batches (seed + rank) with gradients
+averaged by DistributedDataParallel (nccl on CUDA, gloo on CPU); only rank 0 validates, logs and writes files.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from osmedseg.errors import OsmError
@@ -21,6 +26,12 @@ from osmedseg.utilities.atomic import save_json_atomic, torch_save_atomic
 from osmedseg.utilities.seeding import seed_everything
 
 FINAL, LATEST, BEST = "checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from torchrun's environment; ``(0, 0, 1)`` without it."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,7 +58,10 @@ class StageTrainer:
         self.plans = plans
         self.dataset_json = dataset_json
         self.preprocessed_dataset_folder = preprocessed_dataset_folder
+        self.rank, local_rank, self.world_size = distributed_context()
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", local_rank)
         if total_iterations is not None:
             self.epochs = max(1, math.ceil(total_iterations / self.iterations_per_epoch))
             self.iterations_per_epoch = min(self.iterations_per_epoch, total_iterations)
@@ -57,6 +71,7 @@ class StageTrainer:
         self.disable_pbar = disable_pbar
         self.options = options
         self.modules: dict[str, torch.nn.Module] = {}
+        self.train_modules: dict[str, torch.nn.Module] = {}  # DDP-wrapped under torchrun; use these in train_step
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.epoch = 0
@@ -78,6 +93,10 @@ class StageTrainer:
     def end_of_epoch(self) -> dict[str, float]:
         """Extra values to log after each epoch (e.g. validation Dice)."""
         return {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     # ---- helpers for subclasses ----------------------------------------------------------------------------------
     def autocast(self):
@@ -149,12 +168,22 @@ class StageTrainer:
             module.eval()
 
     # ---- the loop ------------------------------------------------------------------------------------------------
+    def _wrap_for_training(self) -> None:
+        if self.world_size == 1:
+            self.train_modules = dict(self.modules)
+            return
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.train_modules = {k: DistributedDataParallel(m, device_ids=ids) for k, m in self.modules.items()}
+
     def run(self, resume: bool = False) -> None:
         """Train all epochs (continuing from ``checkpoint_latest.pth`` if ``resume``), then write the final checkpoint."""
         os.makedirs(self.folder, exist_ok=True)
-        rng = seed_everything(self.seed)
+        rng = seed_everything(self.seed + self.rank)
         self.build()
-        log = RunLog(self.folder, self.epochs)
+        self._wrap_for_training()
+        log = RunLog(self.folder, self.epochs, enabled=self.is_main)
         latest = self.checkpoint_path(LATEST)
         if resume and os.path.isfile(latest):
             state = torch.load(latest, map_location=self.device, weights_only=False)
@@ -163,15 +192,16 @@ class StageTrainer:
             log.message(f"resuming {self.stage_name} from epoch {self.epoch + 1}")
         elif os.path.isfile(latest) and not resume:
             log.message(f"starting {self.stage_name} afresh (a previous checkpoint exists; use --c to resume)")
-        save_json_atomic(self.config(), os.path.join(self.folder, "config.json"))
+        if self.is_main:
+            save_json_atomic(self.config(), os.path.join(self.folder, "config.json"))
         log.message(f"{type(self).__name__} stage {self.stage_name}: {self.epochs} epochs x "
-                    f"{self.iterations_per_epoch} iterations on {self.device}, seed {self.seed}")
+                    f"{self.iterations_per_epoch} iterations on {self.device} x {self.world_size}, seed {self.seed}")
         while self.epoch < self.epochs:
             for module in self.modules.values():
                 module.train()
             start, sums = time.time(), {}
             bar = tqdm(range(self.iterations_per_epoch), desc=f"{self.stage_name} epoch {self.epoch + 1}",
-                       disable=self.disable_pbar, leave=False)
+                       disable=self.disable_pbar or not self.is_main, leave=False)
             for iteration in bar:
                 try:
                     values = self.train_step(rng)
@@ -184,13 +214,17 @@ class StageTrainer:
             for scheduler in self.schedulers.values():
                 scheduler.step()
             averages = {k: v / self.iterations_per_epoch for k, v in sums.items()}
-            averages.update(self.end_of_epoch())
-            log.end_epoch(self.epoch, averages, time.time() - start, self.iterations_per_epoch)
             self.epoch += 1
-            torch_save_atomic(self.state(log, rng), latest)
-        torch_save_atomic(self.state(log, rng), self.checkpoint_path(FINAL))
-        self.end_of_training()
-        log.message(f"{self.stage_name} finished: {self.checkpoint_path(FINAL)}")
+            if self.is_main:
+                averages.update(self.end_of_epoch())
+                log.end_epoch(self.epoch - 1, averages, time.time() - start, self.iterations_per_epoch)
+                torch_save_atomic(self.state(log, rng), latest)
+        if self.is_main:
+            torch_save_atomic(self.state(log, rng), self.checkpoint_path(FINAL))
+            self.end_of_training()
+            log.message(f"{self.stage_name} finished: {self.checkpoint_path(FINAL)}")
+        if self.world_size > 1:
+            dist.barrier()
 
 
 def _jsonable(value) -> bool:

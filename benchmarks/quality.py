@@ -1,0 +1,165 @@
+"""Quality benchmark: run the public CLI end to end on a raw dataset and print one table of methods.
+
+Rows: affine-only atlas copy, registration baseline, student without hint, student with hint (and any further
+trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
+minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the median test
+case of the best method into --out.
+
+    python benchmarks/quality.py -d Demo                       # the README's main job
+    python benchmarks/quality.py -d Dataset001_Prostate --reg_epochs 20 --distill_epochs 40
+
+Data roots come from osmedseg_raw / osmedseg_preprocessed / osmedseg_results, else ./osmedseg_data/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_ROOT = os.path.abspath("osmedseg_data")
+STUDENT_ROWS = (("student without hint", "OSMedSegTrainer_NoHint"), ("student with hint", "OSMedSegTrainer"))
+
+
+def run(command: list[str]) -> float:
+    """Run one CLI command (output streamed), fail loudly, return its wall time in seconds."""
+    print("$ " + " ".join(command), flush=True)
+    start = time.time()
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        sys.exit(f"command failed with exit code {result.returncode}: {' '.join(command)}")
+    return time.time() - start
+
+
+def data_roots() -> dict[str, str]:
+    roots = {}
+    for kind in ("raw", "preprocessed", "results"):
+        roots[kind] = os.environ.get(f"osmedseg_{kind}") or os.path.join(DEFAULT_ROOT, kind)
+        os.environ[f"osmedseg_{kind}"] = roots[kind]
+        os.makedirs(roots[kind], exist_ok=True)
+    return roots
+
+
+def dataset_folder(raw_root: str, spec: str) -> str:
+    from osmedseg.dataset.locate import locate_raw_dataset
+
+    return locate_raw_dataset(spec, raw_root)
+
+
+def evaluate(ref: str, pred: str, dataset_json: str) -> dict:
+    summary = os.path.join(pred, "summary.json")
+    run(["osm_evaluate", "-ref", ref, "-pred", pred, "-djfile", dataset_json, "-o", summary])
+    with open(summary) as f:
+        return json.load(f)
+
+
+def row(name: str, summary: dict, train_minutes: float | None, predict_seconds: float, n_cases: int) -> dict:
+    per_subject = summary["per_subject"]
+    return {
+        "method": name,
+        "dice_mean": per_subject["Dice"]["mean"], "dice_std": per_subject["Dice"]["std"],
+        "hd95_mean": summary["foreground_mean"]["HD95"],
+        "per_label_dice": {label: values["Dice"] for label, values in summary["mean"].items()},
+        "train_minutes": train_minutes,
+        "predict_seconds_per_case": predict_seconds / max(n_cases, 1),
+    }
+
+
+def markdown(rows: list[dict], label_names: dict[str, str]) -> str:
+    labels = list(rows[0]["per_label_dice"])
+    header = ["method", "Dice mean ± std", "HD95 (mm)", *[label_names.get(k, k) for k in labels], "train min",
+              "predict s/case"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["method"], f"{r['dice_mean']:.4f} ± {r['dice_std']:.4f}", _num(r["hd95_mean"], 2),
+                 *[_num(r["per_label_dice"][k], 3) for k in labels],
+                 "-" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}",
+                 f"{r['predict_seconds_per_case']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def median_case_overlay(best: dict, pred_folder: str, raw: str, out_png: str) -> None:
+    """Overlay PNG of the test case whose Dice is the median of the best method."""
+    with open(os.path.join(pred_folder, "summary.json")) as f:
+        cases = json.load(f)["metric_per_case"]
+    scores = [np.nanmean([m["Dice"] for m in c["metrics"].values() if m["Dice"] is not None]) for c in cases]
+    median = cases[int(np.argsort(scores)[len(scores) // 2])]
+    case = os.path.basename(median["reference_file"]).split(".")[0]
+    image = [f for f in os.listdir(os.path.join(raw, "imagesTs")) if f.startswith(case + "_0000")][0]
+    run(["osm_overlay", "-i", os.path.join(raw, "imagesTs", image), "-s", median["prediction_file"],
+         "-ref", median["reference_file"], "-o", out_png])
+    print(f"overlay of the median case ({case}, {best['method']}): {out_png}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", dest="dataset", default="Demo", help="dataset id or name (default Demo, created if missing)")
+    parser.add_argument("--reg_epochs", type=int, default=5, help="registration epochs (25 iterations each)")
+    parser.add_argument("--distill_epochs", type=int, default=8, help="distillation epochs (50 iterations each)")
+    parser.add_argument("--extra_trainers", nargs="*", default=[], help="further trainers to add as rows")
+    parser.add_argument("-device", default="cpu")
+    parser.add_argument("--out", default=None, help="output folder (default <results>/<dataset>/quality_benchmark)")
+    args = parser.parse_args()
+
+    roots = data_roots()
+    raw = dataset_folder(roots["raw"], args.dataset)
+    name = os.path.basename(raw)
+    out = args.out or os.path.join(roots["results"], name, "quality_benchmark")
+    os.makedirs(out, exist_ok=True)
+    dataset_json = os.path.join(raw, "dataset.json")
+    with open(dataset_json) as f:
+        label_names = {str(v): k for k, v in json.load(f)["labels"].items()}
+    if not os.path.isdir(os.path.join(raw, "labelsTs")):
+        sys.exit(f"{raw}: no labelsTs/ to evaluate against")
+    images, labels = os.path.join(raw, "imagesTs"), os.path.join(raw, "labelsTs")
+    n_cases = len(os.listdir(labels))
+    common = ["-d", name, "--no_pbar", "-device", args.device]
+
+    run(["osm_plan_and_preprocess", "-d", name, "--no_pbar"])
+    registration_seconds = run(["osm_train", *common, "-stage", "registration", "--epochs", str(args.reg_epochs)])
+    train_seconds = {}
+    for _, trainer in STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers):
+        train_seconds[trainer] = registration_seconds + run(
+            ["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
+             "--epochs", str(args.distill_epochs)])
+
+    rows = []
+    baselines = (("affine-only atlas copy", "affine"), ("registration baseline", "registration"))
+    for label, method in baselines:
+        pred = os.path.join(out, method)
+        seconds = run(["osm_predict", "-i", images, "-o", pred, *common, "-method", method])
+        rows.append(row(label, evaluate(labels, pred, dataset_json),
+                        registration_seconds / 60 if method == "registration" else None, seconds, n_cases))
+    for label, trainer in STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers):
+        pred = os.path.join(out, trainer)
+        seconds = run(["osm_predict", "-i", images, "-o", pred, *common, "-tr", trainer])
+        rows.append(row(label, evaluate(labels, pred, dataset_json), train_seconds[trainer] / 60, seconds, n_cases))
+
+    table = markdown(rows, label_names)
+    best = max(rows, key=lambda r: r["dice_mean"])
+    best_folder = {"affine-only atlas copy": "affine", "registration baseline": "registration",
+                   **{label: trainer for label, trainer in STUDENT_ROWS}}.get(best["method"], best["method"])
+    median_case_overlay(best, os.path.join(out, best_folder), raw, os.path.join(out, "median_case_best_method.png"))
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}"
+    budget = f"registration {args.reg_epochs} x 25 iterations, distillation {args.distill_epochs} x 50 iterations"
+    report = f"## {name}\n\nMachine: {machine}. Budget: {budget}.\n\n{table}\n"
+    with open(os.path.join(out, "quality.md"), "w") as f:
+        f.write(report)
+    with open(os.path.join(out, "quality.json"), "w") as f:
+        json.dump({"dataset": name, "machine": machine, "budget": budget, "rows": rows}, f, indent=2)
+    print("\n" + report)
+    print(f"written to {out}/quality.md and quality.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The student predictor: preprocess with the plans, Gaussian sliding window (+ mirroring), export to native geometry."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from osmedseg.errors import OsmError
+from osmedseg.io import Geometry
+from osmedseg.networks.unet import build_network
+from osmedseg.planning.plans import PLANS_FILE
+from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, revert_probabilities,
+                                                              revert_segmentation)
+from osmedseg.inference.sliding_window import predict_sliding_window
+from osmedseg.training.stage_trainer import resolve_device
+
+
+def load_run_json(run_folder: str, name: str) -> dict:
+    path = os.path.join(run_folder, name)
+    if not os.path.isfile(path):
+        raise OsmError(f"{path}: missing; is {run_folder} a trained osmedseg model folder?")
+    with open(path) as f:
+        return json.load(f)
+
+
+class Predictor:
+    """Load a trained student once, then segment arrays or files.
+
+    Example::
+
+        predictor = Predictor(run_folder, device="cuda")
+        segmentation = predictor.predict_array(image, geometry)   # image (C, Z, Y, X), result in the same grid
+    """
+
+    def __init__(self, run_folder: str, checkpoint: str = "student_final.pth", device: str = "cpu",
+                 step_size: float = 0.5, tile_batch_size: int = 4, use_mirroring: bool = True):
+        self.plans = load_run_json(run_folder, PLANS_FILE)
+        self.dataset_json = load_run_json(run_folder, "dataset.json")
+        self.configuration = self.plans["configurations"]["segmentation"]
+        path = os.path.join(run_folder, "distillation", checkpoint)
+        if not os.path.isfile(path):
+            raise OsmError(f"{path}: checkpoint not found; train first (osm_train) or pick another with -chk")
+        self.device = resolve_device(device)
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.num_channels, self.num_classes = state["in_channels"], state["num_classes"]
+        self.network = build_network(state["architecture"], self.num_channels, self.num_classes, "student",
+                                     hint_layers=0).to(self.device)
+        self.network.load_state_dict(state["state_dict"])
+        self.network.eval()
+        self.step_size, self.tile_batch_size = step_size, tile_batch_size
+        self.mirror_axes = (0, 1, 2) if use_mirroring else None
+
+    def check_channels(self, image: np.ndarray, name: str) -> None:
+        if image.shape[0] != self.num_channels:
+            raise OsmError(f"{name}: {image.shape[0]} channel(s) given, the model expects {self.num_channels} "
+                           f"(files <case>_0000 ... _{self.num_channels - 1:04d})")
+
+    def preprocess(self, image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
+        data, _, properties = preprocess_image(image, geometry, self.configuration,
+                                               self.plans["foreground_intensity_properties_per_channel"])
+        return data, properties
+
+    def predict_logits(self, data: np.ndarray) -> torch.Tensor:
+        """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume."""
+        return predict_sliding_window(lambda x: self.network(x)["out"], torch.from_numpy(data),
+                                      self.configuration["patch_size"], self.num_classes, self.step_size,
+                                      self.tile_batch_size, mirror_axes=self.mirror_axes, device=self.device)
+
+    def export(self, logits: torch.Tensor, properties: dict, with_probabilities: bool = False
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Label map (and probabilities) in the original grid. Probabilities are resampled only when asked for or
+        when the spacing changed; otherwise the argmax is taken in the preprocessed grid and un-cropped."""
+        resampled = list(logits.shape[1:]) != list(properties["shape_after_cropping"])
+        if not (with_probabilities or resampled):
+            return revert_segmentation(logits.argmax(0).cpu().numpy().astype(np.int16), properties), None
+        probabilities = revert_probabilities(torch.softmax(logits, 0).cpu().numpy(), properties)
+        return probabilities.argmax(0).astype(np.int16), probabilities if with_probabilities else None
+
+    def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segment a ``(C, Z, Y, X)`` image; the result has the image's own grid."""
+        self.check_channels(image, "input")
+        data, properties = self.preprocess(image, geometry)
+        return self.export(self.predict_logits(data), properties, with_probabilities)

@@ -1,0 +1,78 @@
+"""Predicting a folder of images: part splitting for array jobs, resume, worker threads, atomic outputs."""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from osmedseg.dataset.cases import group_channel_files
+from osmedseg.errors import OsmError
+from osmedseg.io import Geometry, read_image, write_label
+from osmedseg.utilities.atomic import save_npz_atomic
+
+
+class CasePredictor(Protocol):
+    def check_channels(self, image: np.ndarray, name: str) -> None: ...
+
+    def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def select_cases(input_folder: str, file_ending: str, num_channels: int, num_parts: int = 1, part_id: int = 0
+                 ) -> dict[str, list[str]]:
+    """Cases of ``input_folder`` (``<case>_0000<ending>`` ...) that belong to part ``part_id`` of ``num_parts``."""
+    if not os.path.isdir(input_folder):
+        raise OsmError(f"{input_folder}: input folder not found")
+    if not 0 <= part_id < num_parts:
+        raise OsmError(f"-part_id must be in [0, {num_parts}), got {part_id}")
+    cases = group_channel_files(input_folder, file_ending, num_channels)
+    if not cases:
+        raise OsmError(f"{input_folder}: no images named <case>_0000{file_ending}")
+    ids = sorted(cases)[part_id::num_parts]
+    return {case_id: cases[case_id] for case_id in ids}
+
+
+def _read(files: list[str], predictor: CasePredictor) -> tuple[np.ndarray, Geometry]:
+    image, geometry = read_image(files)
+    predictor.check_channels(image, files[0])
+    return image, geometry
+
+
+def _write(segmentation: np.ndarray, probabilities: np.ndarray | None, geometry: Geometry, output_file: str,
+           probabilities_file: str) -> None:
+    if probabilities is not None:
+        save_npz_atomic(probabilities_file, probabilities=probabilities.astype(np.float16))
+    write_label(segmentation, output_file, geometry)
+
+
+def predict_folder(predictor: CasePredictor, input_folder: str, output_folder: str, file_ending: str,
+                   num_channels: int, num_parts: int = 1, part_id: int = 0, continue_prediction: bool = False,
+                   save_probabilities: bool = False, num_readers: int = 2, num_writers: int = 2,
+                   disable_pbar: bool = False) -> list[str]:
+    """Segment every selected case and write ``<case><ending>`` into ``output_folder``; returns the cases written."""
+    cases = select_cases(input_folder, file_ending, num_channels, num_parts, part_id)
+    os.makedirs(output_folder, exist_ok=True)
+    outputs = {c: os.path.join(output_folder, c + file_ending) for c in cases}
+    todo = [c for c in cases if not (continue_prediction and os.path.isfile(outputs[c]))]
+    if len(todo) < len(cases):
+        print(f"{len(cases) - len(todo)} case(s) already predicted, skipped (--continue_prediction)")
+    with ThreadPoolExecutor(max(1, num_readers)) as readers, ThreadPoolExecutor(max(1, num_writers)) as writers:
+        pending_reads = {c: readers.submit(_read, cases[c], predictor) for c in todo[: num_readers + 1]}
+        writes: list[Future] = []
+        for index, case_id in enumerate(tqdm(todo, desc="predict", disable=disable_pbar)):
+            nxt = index + num_readers + 1
+            if nxt < len(todo):
+                pending_reads[todo[nxt]] = readers.submit(_read, cases[todo[nxt]], predictor)
+            start = time.time()
+            image, geometry = pending_reads.pop(case_id).result()
+            segmentation, probabilities = predictor.predict_array(image, geometry, save_probabilities)
+            writes.append(writers.submit(_write, segmentation, probabilities, geometry, outputs[case_id],
+                                         os.path.join(output_folder, f"{case_id}.npz")))
+            tqdm.write(f"{case_id}: {time.time() - start:.1f} s")
+        for future in writes:
+            future.result()
+    return todo

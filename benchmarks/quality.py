@@ -62,7 +62,7 @@ def row(name: str, summary: dict, train_minutes: float | None, predict_seconds: 
     per_subject = summary["per_subject"]
     return {
         "method": name,
-        "dice_mean": per_subject["Dice"]["mean"], "dice_std": per_subject["Dice"]["std"],
+        "dice_mean": per_subject["mean"]["Dice"], "dice_std": per_subject["std"]["Dice"],
         "hd95_mean": summary["foreground_mean"]["HD95"],
         "per_label_dice": {label: values["Dice"] for label, values in summary["mean"].items()},
         "train_minutes": train_minutes,

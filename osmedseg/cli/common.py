@@ -36,8 +36,7 @@ def add_folder_args(parser: argparse.ArgumentParser, *kinds: str) -> None:
 
 def add_dataset_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", dest="dataset", required=True,
-                        help="dataset id (1), full name (Dataset001_OASIS) or bare name (OASIS); 'Demo' creates the "
-                             "built-in demo dataset on first use")
+                        help="dataset id (1), full name (Dataset001_OASIS) or bare name (OASIS)")
 
 
 def add_seed_arg(parser: argparse.ArgumentParser, default: int = 12345) -> None:

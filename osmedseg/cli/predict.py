@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     folder = model_folder(args)
     if not os.path.isdir(folder):
         raise OsmError(f"{folder}: model folder not found; train it with osm_train (or check -tr/-p/-m)")
+    if not 0 < args.step_size <= 1:
+        raise OsmError(f"-step_size must be in (0, 1], got {args.step_size}")
+    if args.tile_batch_size < 1:
+        raise OsmError(f"-tile_batch_size must be at least 1, got {args.tile_batch_size}")
     if args.save_probabilities and args.method != "student":
         raise OsmError("--save_probabilities is only available for -method student")
     if args.method == "student":

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="device (default cpu)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help="epochs per trained stage (default: the trainer's)")
-    budget.add_argument("--iters", type=int, default=None, help="total iterations per trained stage")
+    budget.add_argument("--iters", type=int, default=None, help="total iterations per trained stage (rounded up to whole epochs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (worth it on CUDA)")
     parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("-reuse_registration", default=None, metavar="TRAINER",
                         help="take the finished registration stage of another trainer (e.g. OSMedSegTrainer) instead "
@@ -39,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("-lambda_rec", type=float, default=None, help="teacher reconstruction loss weight (default 1)")
     dist.add_argument("-lambda_hint", type=float, default=None, help="hint loss weight (default 1; 0 = no teacher)")
     dist.add_argument("-hint_layers", type=int, default=None, help="decoder layers the hint loss uses (default 2)")
+    dist.add_argument("-synthesis", choices=("offline", "on_the_fly"), default=None,
+                      help="offline: one cached pair per unlabeled volume (default); on_the_fly: also draw new pairs "
+                           "each epoch from random spatial/appearance targets")
+    dist.add_argument("--no_flow_interpolation", action="store_true",
+                      help="on-the-fly synthesis uses full flows only (default: scaled by alpha ~ Beta(0.3, 0.3))")
     dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
-    dist.add_argument("-lr", type=float, default=None, help="initial learning rate (default 1e-2 for sgd)")
+    dist.add_argument("-lr", type=float, default=None, help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
     add_seed_arg(parser)
     add_pbar_arg(parser)
     add_folder_args(parser, "preprocessed", "results")
@@ -53,7 +59,8 @@ def stage_options(args: argparse.Namespace) -> dict:
                "lambda_contrast": args.lambda_contrast, "registration_lr": args.reg_lr,
                "diffeomorphic": False if args.no_diffeomorphic else None, "appearance": True if args.appearance else None,
                "lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec, "lambda_hint": args.lambda_hint,
-               "hint_layers": args.hint_layers, "optimizer": args.optimizer, "lr": args.lr}
+               "hint_layers": args.hint_layers, "optimizer": args.optimizer, "lr": args.lr,
+               "synthesis": args.synthesis, "compile": True if args.compile else None, "interpolate_flows": False if args.no_flow_interpolation else None}
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -107,6 +107,8 @@ def load_raw_dataset(folder: str) -> RawDataset:
     if "numUnlabeled" in info and len(dataset.unlabeled) != info["numUnlabeled"]:
         raise OsmError(f"{json_path}: numUnlabeled is {info['numUnlabeled']} but imagesUnlabeled holds "
                        f"{len(dataset.unlabeled)} case(s)")
+    if "numTest" in info and len(dataset.test) != info["numTest"]:
+        raise OsmError(f"{json_path}: numTest is {info['numTest']} but imagesTs holds {len(dataset.test)} case(s)")
     seen: dict[str, str] = {}
     for role, case in dataset.all_cases():
         if case.case_id in seen:

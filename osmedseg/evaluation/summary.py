@@ -28,7 +28,7 @@ import numpy as np
 
 from osmedseg.errors import OsmError
 from osmedseg.evaluation.metrics import METRICS, compute_metrics
-from osmedseg.io import file_ending, read_label
+from osmedseg.io import SUPPORTED_ENDINGS, file_ending, read_label
 from osmedseg.utilities.atomic import save_json_atomic
 
 CASE_METRICS = ("Dice", "Dice_zeros_dropped", "IoU", "HD95", "ASSD")
@@ -65,7 +65,7 @@ def match_files(ref_dir: str, pred_dir: str) -> tuple[list[tuple[str, str]], lis
     """Pair references with predictions by name (any supported ending); notes list the ignored predictions."""
     refs, preds = _list_cases(ref_dir), _list_cases(pred_dir)
     if not refs:
-        raise OsmError(f"{ref_dir}: no reference files (supported: .nii.gz, .nii, .nrrd, .mha, .mhd)")
+        raise OsmError(f"{ref_dir}: no reference files (supported: {', '.join(SUPPORTED_ENDINGS)})")
     missing = [refs[name] for name in refs if name not in preds]
     if missing:
         raise OsmError(f"{pred_dir}: no prediction for {len(missing)} reference(s): {', '.join(missing[:5])}"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from osmedseg.errors import OsmError
-from osmedseg.io import Geometry
+from osmedseg.io import Geometry, read_image, write_label
 from osmedseg.networks.unet import build_network
 from osmedseg.planning.plans import PLANS_FILE
 from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, revert_probabilities,
@@ -50,7 +50,7 @@ class Predictor:
         self.network.load_state_dict(state["state_dict"])
         self.network.eval()
         self.step_size, self.tile_batch_size = step_size, tile_batch_size
-        self.mirror_axes = (0, 1, 2) if use_mirroring else None
+        self.mirror_axes = tuple(self.configuration["mirror_axes"]) if use_mirroring else None
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         if image.shape[0] != self.num_channels:
@@ -77,6 +77,14 @@ class Predictor:
             return revert_segmentation(logits.argmax(0).cpu().numpy().astype(np.int16), properties), None
         probabilities = revert_probabilities(torch.softmax(logits, 0).cpu().numpy(), properties)
         return probabilities.argmax(0).astype(np.int16), probabilities if with_probabilities else None
+
+    def predict_file(self, image_files: list[str], output_file: str) -> np.ndarray:
+        """Segment one case from its channel files and write the label map (atomically) in the input's geometry."""
+        image, geometry = read_image(image_files)
+        self.check_channels(image, image_files[0])
+        segmentation, _ = self.predict_array(image, geometry)
+        write_label(segmentation, output_file, geometry)
+        return segmentation
 
     def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
                       ) -> tuple[np.ndarray, np.ndarray | None]:

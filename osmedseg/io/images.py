@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from osmedseg.errors import OsmError
-from osmedseg.io.backends import BACKENDS, NibabelBackend, SimpleITKBackend, file_ending
+from osmedseg.io.backends import BACKENDS, SUPPORTED_ENDINGS, NibabelBackend, SimpleITKBackend, file_ending
 from osmedseg.io.geometry import Geometry
 from osmedseg.utilities.atomic import atomic_path
 
@@ -25,7 +25,7 @@ def read_array(path: str, backend: str | None = None) -> tuple[np.ndarray, Geome
         raise OsmError(f"{path}: file not found")
     ending = file_ending(path)
     if ending is None:
-        raise OsmError(f"{path}: unsupported file type (supported: .nii.gz, .nii, .nrrd, .mha, .mhd)")
+        raise OsmError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_ENDINGS)})")
     order = [BACKENDS[backend]] if backend else [SimpleITKBackend] + ([NibabelBackend] if ending in NibabelBackend.endings else [])
     errors = []
     for reader in order:

@@ -9,6 +9,7 @@ from osmedseg.dataset.cases import Case, RawDataset
 from osmedseg.dataset.dataset_json import label_values
 from osmedseg.dataset.integrity import check_label_against_image
 from osmedseg.io import read_image, read_label
+from osmedseg.planning.symmetry import lateral_axes
 from osmedseg.preprocessing.cropping import crop_to_nonzero
 from osmedseg.utilities.atomic import save_json_atomic
 from osmedseg.utilities.parallel import map_cases
@@ -57,6 +58,7 @@ def _case_fingerprint(item: tuple[str, Case], declared: list[int], seed: int) ->
         foreground = cropped_label[0] > 0
         result["foreground_samples"] = [_sample(channel[foreground], rng) for channel in cropped]
         result["label_voxel_counts"] = {str(v): int(c) for v, c in zip(*np.unique(label, return_counts=True))}
+        result["lateral_axes"] = lateral_axes(cropped_label[0])
     return result
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from osmedseg.io import Geometry
 from osmedseg.planning.topology import (Topology, estimate_training_bytes, features_per_stage, network_topology)
 from osmedseg.preprocessing.normalization import scheme_for_channel
+from osmedseg.registration.builders import BOTTLENECK_WIDTH, LEVEL_WIDTHS
 
 ANISO_THRESHOLD = 3.0
 GB = 1024**3
@@ -32,7 +33,6 @@ class ExperimentPlanner:
     registration_targets_per_step = 2      # NT-Xent needs negatives: at least two targets per step
     registration_maps_per_level = 18       # two encoders and the decoder, see topology.MAPS_PER_STAGE
     registration_max_levels = 4
-    registration_base_features = 16
     registration_margin = 0.1              # grid margin around the atlas's nonzero box, per side, as a fraction
 
     def __init__(self, fingerprint: dict, gpu_memory_target_gb: float | None = None,
@@ -113,6 +113,7 @@ class ExperimentPlanner:
             "median_image_size_in_voxels": median_shape,
             "patch_size": topology.patch_size,
             "batch_size": batch,
+            "mirror_axes": self.mirror_axes(),
             "architecture": {
                 "features_per_stage": features,
                 "strides": topology.strides,
@@ -128,20 +129,25 @@ class ExperimentPlanner:
     def _atlas_case(self) -> dict:
         return next(c for c in self.fingerprint["cases"] if c["role"] == "atlas")
 
+    def mirror_axes(self) -> list[int]:
+        """Axes safe to mirror in augmentation and test-time augmentation: all but the atlas's lateral axes."""
+        lateral = set(self._atlas_case().get("lateral_axes", []))
+        return [axis for axis in range(3) if axis not in lateral]
+
     def _registration_levels(self, shape: np.ndarray) -> int:
         levels = int(np.floor(np.log2(shape.min() / 4)))
         return int(np.clip(levels, 2, self.registration_max_levels))
 
     def _registration_bytes(self, shape: list[int], levels: int) -> float:
-        features = features_per_stage(levels + 1, self.registration_base_features, 256)
+        features = list(LEVEL_WIDTHS[:levels]) + [BOTTLENECK_WIDTH]  # the widths build_registration_network uses
         total = sum(self.registration_maps_per_level * f * np.prod(shape) / 8**level for level, f in enumerate(features))
         return float(total * 4 * self.registration_targets_per_step)
 
     def plan_registration(self, segmentation_spacing: list[float]) -> dict:
         """A whole-volume grid in the atlas frame: the atlas's nonzero box plus a margin, at the finest spacing that fits.
 
-        Starts at the segmentation spacing and coarsens all axes by 10% steps until the network fits; the grid is
-        rounded up to a multiple of ``2**levels`` and centred on the atlas's nonzero box.
+        Starts at the segmentation spacing and coarsens by 10% steps (the finer axes first) until the network fits;
+        the grid is rounded up to a multiple of ``2**levels`` and centred on the atlas's nonzero box.
         """
         atlas = self._atlas_case()
         extent = np.asarray([b - a for a, b in atlas["bbox"]], dtype=float) * np.asarray(atlas["spacing"]) \
@@ -155,7 +161,8 @@ class ExperimentPlanner:
             needed = self._registration_bytes(shape, levels)
             if needed <= self.memory_budget_bytes or raw_shape.min() <= 4 * divisor:
                 break
-            spacing = spacing * 1.1
+            finer = spacing < spacing.max() / 1.1  # coarsen the finer axes first (anisotropic data)
+            spacing = np.where(finer, spacing * 1.1, spacing) if finer.any() else spacing * 1.1
         geometry = self.registration_grid_geometry(atlas, list(spacing), shape)
         return {
             "spacing": [float(s) for s in spacing],

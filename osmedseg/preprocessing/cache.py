@@ -15,9 +15,15 @@ from osmedseg.errors import OsmError
 from osmedseg.utilities.atomic import save_json_atomic, save_npz_atomic
 
 
-def configuration_hash(configuration: dict) -> str:
-    """A short hash of a plans configuration; caches made with other plans are recomputed."""
-    return hashlib.sha1(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:12]
+# the plans entries that determine a cached case; other entries (patch size, batch size, ...) do not invalidate caches
+CACHE_KEYS = ("spacing", "shape", "grid_geometry", "normalization_schemes", "use_mask_for_norm")
+
+
+def configuration_hash(configuration: dict, intensity_properties: dict | None = None) -> str:
+    """A short hash of what a configuration's cache depends on; caches made with other values are recomputed."""
+    relevant = {key: configuration.get(key) for key in CACHE_KEYS}
+    relevant["intensity_properties"] = intensity_properties
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def case_files(folder: str, case_id: str) -> tuple[str, str]:
@@ -32,6 +38,14 @@ def write_case(folder: str, case_id: str, data: np.ndarray, seg: np.ndarray | No
         arrays["seg"] = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8, copy=False)
     save_npz_atomic(npz, **arrays)
     save_json_atomic(properties, props)
+
+
+def remove_case(folder: str, case_id: str) -> None:
+    """Delete a cached case (properties first, so it never looks complete half-way)."""
+    npz, props = case_files(folder, case_id)
+    for path in (props, npz):
+        if os.path.isfile(path):
+            os.remove(path)
 
 
 def is_complete(folder: str, case_id: str, **expected) -> bool:

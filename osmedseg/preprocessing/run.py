@@ -9,7 +9,8 @@ from osmedseg.dataset.dataset_json import label_values
 from osmedseg.dataset.integrity import check_label_against_image
 from osmedseg.io import read_image, read_label
 from osmedseg.preprocessing.affine_alignment import AlignmentResult, align_to_atlas
-from osmedseg.preprocessing.cache import configuration_hash, is_complete, read_properties, write_case
+from osmedseg.preprocessing.cache import (configuration_hash, is_complete, list_cached_cases, read_properties,
+                                          remove_case, write_case)
 from osmedseg.preprocessing.registration_preprocessor import preprocess_into_grid
 from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
 from osmedseg.utilities.atomic import save_json_atomic
@@ -49,7 +50,7 @@ def _registration_case(item: tuple[str, Case], folder: str, configuration: dict,
     role, case = item
     if not is_complete(folder, case.case_id, plans_hash=plans_hash):
         image, geometry, label = _read_case(case, declared)
-        if role == "atlas":
+        if case.case_id == atlas.case_id:
             alignment = AlignmentResult.identity()
         else:
             atlas_image, atlas_geometry = read_image(atlas.image_files)
@@ -74,7 +75,10 @@ def preprocess_dataset(dataset: RawDataset, plans: dict, preprocessed_dataset_fo
         folder = os.path.join(preprocessed_dataset_folder, configuration["data_identifier"])
         os.makedirs(folder, exist_ok=True)
         common = dict(folder=folder, configuration=configuration, intensity_properties=intensity,
-                      plans_hash=configuration_hash(configuration), declared=declared)
+                      plans_hash=configuration_hash(configuration, intensity), declared=declared)
+        current = {c.case_id for _, c in dataset.all_cases()}
+        for stale in set(list_cached_cases(folder)) - current:  # cases removed from the raw dataset
+            remove_case(folder, stale)
         if name == "segmentation":
             items = [(role, c) for role, c in dataset.all_cases() if role != "test"]
             map_cases(_segmentation_case, items, num_processes, f"preprocess {name}", disable_pbar, **common)

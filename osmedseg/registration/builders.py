@@ -7,6 +7,7 @@ from osmedseg.registration.networks import ContrastiveRegistrationNet, VoxelMorp
 
 REGISTRATION_NETWORKS = ("contrastive", "voxelmorph")
 LEVEL_WIDTHS = (16, 32, 64, 64, 64)
+BOTTLENECK_WIDTH = 128  # per stream; the shared decoder sees both (256)
 
 
 def build_registration_network(configuration: dict, in_channels: int, kind: str = "contrastive",
@@ -14,7 +15,8 @@ def build_registration_network(configuration: dict, in_channels: int, kind: str 
     """The OS-MedSeg contrastive net (default) or the VoxelMorph baseline, as deep as the plans' ``levels``."""
     levels = configuration["levels"]
     if kind == "contrastive":
-        return ContrastiveRegistrationNet(in_channels, widths=LEVEL_WIDTHS[:levels], diffeomorphic=diffeomorphic)
+        return ContrastiveRegistrationNet(in_channels, widths=LEVEL_WIDTHS[:levels], bottleneck=(BOTTLENECK_WIDTH,),
+                                          diffeomorphic=diffeomorphic)
     if kind == "voxelmorph":
         encoder = (16,) + (32,) * (levels - 1)
         decoder = (32,) * (levels + 1) + (16, 16)

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from osmedseg.registration.integration import integrate_velocity
 from osmedseg.registration.spatial_transformer import warp, warp_labels
+
+
+def inverse_flow(output: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Approximate inverse of a network's flow: exp(-v) for diffeomorphic models, else the negated displacement."""
+    return integrate_velocity(-output["velocity"]) if "velocity" in output else -output["flow"]
 
 
 @torch.inference_mode()

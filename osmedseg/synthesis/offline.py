@@ -2,7 +2,8 @@
 
 Each cached sample is a triplet in the atlas frame at the segmentation spacing: the synthesised image
 ``warp(atlas [+ appearance], flow)``, its label ``warp(atlas label, flow)`` and the real unlabeled image it was
-registered to (the teacher's input). Files: ``<case>.npz`` (``image``, ``label``, ``real``) and ``<case>.json``.
+registered to (the teacher's input). The atlas itself is added as one more triplet (identity warp), the only one
+with a manual label. Files: ``<case>.npz`` (``image``, ``label``, ``real``) and ``<case>.json``.
 """
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from osmedseg.preprocessing.cache import case_files, is_complete, list_cached_cases
+from osmedseg.preprocessing.cache import case_files, is_complete, list_cached_cases, read_properties
 from osmedseg.preprocessing.resampling import compute_new_shape, resample_data, resample_seg
-from osmedseg.registration.inference import register, warp_atlas
-from osmedseg.registration.integration import integrate_velocity
+from osmedseg.registration.inference import inverse_flow, register, warp_atlas
 from osmedseg.registration.jacobian import folding_fraction
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.training.stage_trainer import FINAL
 from osmedseg.utilities.atomic import save_json_atomic, save_npz_atomic
 
 
-def _to_segmentation_spacing(image: np.ndarray, label: np.ndarray, real: np.ndarray, spacing: list[float],
+def to_segmentation_spacing(image: np.ndarray, label: np.ndarray, real: np.ndarray, spacing: list[float],
                              target_spacing: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if np.allclose(spacing, target_spacing):
         return image, label, real
@@ -43,24 +43,23 @@ def synthesize_offline(stage, output_folder: str, disable_pbar: bool = False) ->
     checkpoint = stage.checkpoint_path(FINAL)
     source = f"{checkpoint}@{os.path.getmtime(checkpoint)}"  # a retrained registration invalidates the cache
     written = []
-    for case_id in tqdm(volumes.unlabeled_ids, desc="synthesis", disable=disable_pbar):
+    for case_id in tqdm([volumes.atlas_id] + volumes.unlabeled_ids, desc="synthesis", disable=disable_pbar):
         written.append(case_id)
         if is_complete(output_folder, case_id, source=source):
             continue
         real = torch.from_numpy(volumes.image(case_id))[None].to(device)
-        flow = register(network, stage.atlas, real)
+        is_atlas = case_id == volumes.atlas_id
+        flow = real.new_zeros((1, 3, *real.shape[2:])) if is_atlas else register(network, stage.atlas, real)
         psi = None
-        if appearance is not None:
-            out = network(stage.atlas, real)
-            inverse = integrate_velocity(-out["velocity"]) if "velocity" in out else -flow
-            psi = appearance(stage.atlas, warp(real, inverse))
+        if appearance is not None and not is_atlas:
+            psi = appearance(stage.atlas, warp(real, inverse_flow(network(stage.atlas, real))))
         image, label = warp_atlas(stage.atlas, atlas_label, flow, psi)
-        arrays = _to_segmentation_spacing(image[0].cpu().numpy(), label[0, 0].cpu().numpy().astype(np.int16),
+        arrays = to_segmentation_spacing(image[0].cpu().numpy(), label[0, 0].cpu().numpy().astype(np.int16),
                                           real[0].cpu().numpy(), registration["spacing"], target_spacing)
         npz, _ = case_files(output_folder, case_id)
         save_npz_atomic(npz, image=arrays[0].astype(np.float32), label=arrays[1],
                         real=arrays[2].astype(np.float32))
-        save_json_atomic({"case_id": case_id, "spatial_target": case_id,
+        save_json_atomic({"case_id": case_id, "role": "atlas" if is_atlas else "synthesised", "spatial_target": case_id,
                           "appearance_target": case_id if psi is not None else None,
                           "source": source,
                           "folding_percent": 100.0 * folding_fraction(flow), "spacing": target_spacing},
@@ -68,10 +67,11 @@ def synthesize_offline(stage, output_folder: str, disable_pbar: bool = False) ->
     return written
 
 
-def load_synthesized(folder: str) -> dict[str, dict[str, np.ndarray]]:
-    """All cached triplets of ``folder``: ``{case: {"image", "label", "real"}}``."""
+def load_synthesized(folder: str) -> dict[str, dict]:
+    """All cached triplets of ``folder``: ``{case: {"image", "label", "real", "role"}}``."""
     samples = {}
     for case_id in list_cached_cases(folder):
         with np.load(case_files(folder, case_id)[0]) as arrays:
             samples[case_id] = {k: arrays[k] for k in ("image", "label", "real")}
+        samples[case_id]["role"] = read_properties(folder, case_id)["role"]
     return samples

@@ -37,8 +37,9 @@ def enlarged_patch_size(patch_size: list[int]) -> list[int]:
     return [int(np.ceil(v)) for v in np.maximum(extent, patch) * ENLARGEMENT]
 
 
-def training_transforms(patch_size: list[int]) -> Compose:
-    """Rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma and mirroring."""
+def training_transforms(patch_size: list[int], mirror_axes: list[int]) -> Compose:
+    """Rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma and mirroring along
+    ``mirror_axes`` (the planner leaves out axes that would swap paired left/right structures)."""
     angle = np.deg2rad(ROTATION_DEGREES)
     return Compose([
         SpatialTransform(patch_size, patch_center_dist_from_border=None, do_elastic_deform=False,
@@ -54,5 +55,4 @@ def training_transforms(patch_size: list[int]) -> Compose:
                                        order_downsample=0, order_upsample=3, p_per_sample=0.25),
         GammaTransform((0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1),
         GammaTransform((0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3),
-        MirrorTransform(axes=(0, 1, 2)),
-    ])
+    ] + ([MirrorTransform(axes=tuple(mirror_axes))] if mirror_axes else []))

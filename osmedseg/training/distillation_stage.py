@@ -23,6 +23,7 @@ from osmedseg.training.validation import pseudo_dice
 from osmedseg.utilities.atomic import torch_save_atomic
 
 STUDENT_FILE = "student_{}.pth"
+SGD_LR, ADAM_LR = 1e-2, 1e-3  # nnU-Net's SGD default; OS-MedSeg's Adam (METHODS 3)
 
 
 class DistillationStage(StageTrainer):
@@ -30,18 +31,21 @@ class DistillationStage(StageTrainer):
 
     Options: ``lambda_seg``, ``lambda_rec``, ``lambda_hint`` (0 trains the student alone: the DataAug-style
     baseline), ``hint_layers``, ``optimizer`` ('sgd' with nnU-Net's poly schedule, or 'adam'), ``lr``,
-    ``oversample_foreground``, ``validation_fraction``.
+    ``oversample_foreground``, ``validation_fraction``, ``synthesis`` ('offline': the cached pairs, OS-MedSeg's
+    default; 'on_the_fly': also replace ``refresh_fraction`` of the synthesised pool with new random pairs each epoch).
     """
 
     stage_name = "distillation"
     default_epochs = 50
     iterations_per_epoch = 50
     defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "optimizer": "sgd",
-                "lr": 1e-2, "weight_decay": 3e-5, "oversample_foreground": 0.33, "validation_fraction": 0.1}
+                "lr": None, "weight_decay": 3e-5, "oversample_foreground": 0.33, "validation_fraction": 0.1,
+                "synthesis": "offline", "refresh_fraction": 0.5}
 
-    def __init__(self, *args, synthesis_folder: str, **options):
+    def __init__(self, *args, synthesis_folder: str, synthesizer=None, **options):
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
         self.synthesis_folder = synthesis_folder
+        self.synthesizer = synthesizer  # an OnTheFlySynthesizer when options["synthesis"] == "on_the_fly"
         self.best_ema: float | None = None
         self.ema: float | None = None
 
@@ -51,17 +55,19 @@ class DistillationStage(StageTrainer):
 
     # ---- data -----------------------------------------------------------------------------------------------------
     def _split(self) -> tuple[list[dict], list[dict]]:
+        """Training triplets, and the held-out synthesised volumes used for validation (never the atlas)."""
         samples = load_synthesized(self.synthesis_folder)
-        if not samples:
+        if len(samples) < 2:
             raise OsmError(f"{self.synthesis_folder}: no synthesised samples; run osm_train -stage synthesis first")
-        ids = sorted(samples)
-        n_val = max(1, int(round(self.options["validation_fraction"] * len(ids)))) if len(ids) > 1 else 0
-        order = np.random.default_rng(self.seed).permutation(len(ids))
-        val_ids = {ids[i] for i in order[:n_val]}
-        to_sample = lambda s: {"data": np.concatenate([s["image"], s["real"]]), "label": s["label"]}  # noqa: E731
-        train = [to_sample(samples[i]) for i in ids if i not in val_ids]
-        validation = [{"image": samples[i]["image"], "label": samples[i]["label"]} for i in sorted(val_ids)]
-        self.validation_ids = sorted(val_ids)
+        synthesised = sorted(c for c, s in samples.items() if s["role"] != "atlas")
+        n_val = int(round(self.options["validation_fraction"] * len(synthesised)))
+        n_val = min(max(1, n_val), len(synthesised) - 1)
+        order = np.random.default_rng(self.seed).permutation(len(synthesised))
+        self.validation_ids = sorted(synthesised[i] for i in order[:n_val])
+        kept = [(c, s) for c, s in sorted(samples.items()) if c not in self.validation_ids]
+        train = [_training_sample(s) for _, s in kept]
+        self.refreshable = [i for i, (_, s) in enumerate(kept) if s["role"] != "atlas"]  # the atlas stays
+        validation = [{"image": samples[c]["image"], "label": samples[c]["label"]} for c in self.validation_ids]
         return train, validation
 
     def build(self) -> None:
@@ -72,7 +78,7 @@ class DistillationStage(StageTrainer):
         self.channels = train[0]["data"].shape[0] // 2
         self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration["batch_size"],
                                     self.options["oversample_foreground"], self.seed)
-        self.transforms = training_transforms(self.patch_size)
+        self.transforms = training_transforms(self.patch_size, configuration["mirror_axes"])
         arch = configuration["architecture"]
         hint_layers = self.options["hint_layers"]
         self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
@@ -91,10 +97,18 @@ class DistillationStage(StageTrainer):
     def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
         lr, wd = self.options["lr"], self.options["weight_decay"]
         if self.options["optimizer"] == "adam":
-            return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=wd)
-        return torch.optim.SGD(module.parameters(), lr=lr, weight_decay=wd, momentum=0.99, nesterov=True)
+            return torch.optim.Adam(module.parameters(), lr=lr or ADAM_LR, weight_decay=wd)
+        return torch.optim.SGD(module.parameters(), lr=lr or SGD_LR, weight_decay=wd, momentum=0.99, nesterov=True)
 
     # ---- training -------------------------------------------------------------------------------------------------
+    def start_of_epoch(self, rng: np.random.Generator) -> None:
+        """With on-the-fly synthesis, replace part of the synthesised pool by new random pairs (not the atlas)."""
+        if self.synthesizer is None or self.epoch == 0:
+            return
+        count = max(1, int(round(self.options["refresh_fraction"] * len(self.refreshable))))
+        for index in rng.choice(self.refreshable, count, replace=False):
+            self.sampler.replace(int(index), _training_sample(self.synthesizer.sample(rng)), rng)
+
     def train_step(self, rng: np.random.Generator) -> dict[str, float]:
         batch = self.transforms(**self.sampler.sample(rng))
         data = torch.from_numpy(batch["data"]).to(self.device)
@@ -128,12 +142,23 @@ class DistillationStage(StageTrainer):
     def end_of_training(self) -> None:
         self.save_student("final")
 
+    def extra_state(self) -> dict:
+        return {"ema": self.ema, "best_ema": self.best_ema}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.ema, self.best_ema = extra.get("ema"), extra.get("best_ema")
+
     def save_student(self, tag: str) -> str:
         """Write the student alone (weights + what inference needs) as ``student_<tag>.pth``."""
         path = os.path.join(self.folder, STUDENT_FILE.format(tag))
         torch_save_atomic({"state_dict": self.modules["student"].state_dict(),
                            "architecture": self.plans["configurations"]["segmentation"]["architecture"],
                            "in_channels": self.channels, "num_classes": self.num_classes,
-                           "hint_layers": self.options["hint_layers"], "trainer": type(self).__name__,
+                           "hint_layers": self.options["hint_layers"], "trainer": self.options.get("method"),
                            "epoch": self.epoch}, path)
         return path
+
+
+def _training_sample(triplet: dict) -> dict[str, np.ndarray]:
+    """Synthesised image and real image stacked as channels (augmented together), with the synthesised label."""
+    return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": triplet["label"]}

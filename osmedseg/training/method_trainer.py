@@ -8,13 +8,16 @@ from __future__ import annotations
 import os
 import shutil
 
+import torch.distributed
+
 from osmedseg.errors import OsmError
 from osmedseg.planning.fingerprint import FINGERPRINT_FILE
 from osmedseg.planning.plans import PLANS_FILE
 from osmedseg.synthesis.offline import synthesize_offline
+from osmedseg.synthesis.on_the_fly import OnTheFlySynthesizer
 from osmedseg.training.distillation_stage import DistillationStage
 from osmedseg.training.registration_stage import RegistrationStage
-from osmedseg.training.stage_trainer import FINAL, StageTrainer
+from osmedseg.training.stage_trainer import FINAL, StageTrainer, init_process_group
 from osmedseg.utilities.atomic import atomic_path, save_json_atomic
 
 SYNTHESIS_FOLDER = "synthesis"
@@ -45,7 +48,7 @@ class MethodTrainer:
         self.common = dict(run_folder=self.run_folder, plans=plans, dataset_json=dataset_json,
                            preprocessed_dataset_folder=preprocessed_dataset_folder, device=device, epochs=epochs,
                            total_iterations=total_iterations, seed=seed, disable_pbar=disable_pbar)
-        self.options = options or {}
+        self.options = {**(options or {}), "method": type(self).__name__}
         self.disable_pbar = disable_pbar
 
     @property
@@ -57,9 +60,19 @@ class MethodTrainer:
         if name == "registration":
             return self.registration_stage(**self.common, **{**self.registration_options, **self.options})
         if name == "distillation":
+            options = {**self.distillation_options, **self.options}
             return self.distillation_stage(**self.common, synthesis_folder=self.synthesis_folder,
-                                           **{**self.distillation_options, **self.options})
+                                           synthesizer=self.on_the_fly_synthesizer(options), **options)
         raise OsmError(f"{type(self).__name__} has no stage {name!r} (stages: {', '.join(self.stages)})")
+
+    def on_the_fly_synthesizer(self, options: dict) -> OnTheFlySynthesizer | None:
+        """The trained registration stage wrapped for on-the-fly synthesis, if the options ask for it."""
+        if options.get("synthesis", "offline") != "on_the_fly":
+            return None
+        stage = self.make_stage("registration")
+        stage.load_trained()
+        return OnTheFlySynthesizer(stage, self.plans["configurations"]["segmentation"]["spacing"],
+                                   interpolate=options.get("interpolate_flows", True))
 
     def prepare_run_folder(self) -> None:
         os.makedirs(self.run_folder, exist_ok=True)
@@ -113,9 +126,14 @@ class MethodTrainer:
         stage = self.make_stage("registration")
         if not stage.is_finished():
             raise OsmError(f"{stage.folder}: the registration stage has not finished; run osm_train -stage registration")
-        stage.load_trained()
-        written = synthesize_offline(stage, self.synthesis_folder, self.disable_pbar)
-        print(f"synthesis: {len(written)} labeled pairs in {self.synthesis_folder}", flush=True)
+        if stage.world_size > 1:  # under torchrun, rank 0 synthesises and the others wait for it
+            init_process_group(stage.device)
+        if stage.is_main:
+            stage.load_trained()
+            written = synthesize_offline(stage, self.synthesis_folder, self.disable_pbar)
+            print(f"synthesis: {len(written)} labeled pairs in {self.synthesis_folder}", flush=True)
+        if stage.world_size > 1:
+            torch.distributed.barrier()
 
 
 def _link_or_copy(source: str, target: str) -> None:

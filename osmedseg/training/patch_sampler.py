@@ -36,6 +36,11 @@ class PatchSampler:
         rng = np.random.default_rng(seed)
         self.locations = [class_locations(s["label"], rng) for s in samples]
 
+    def replace(self, index: int, sample: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        """Swap sample ``index`` for a new one (on-the-fly synthesis refreshes the pool this way)."""
+        self.samples[index] = sample
+        self.locations[index] = class_locations(sample["label"], rng)
+
     def _bbox(self, shape: np.ndarray, rng: np.random.Generator, force_foreground: bool, index: int) -> list[list[int]]:
         locations = self.locations[index]
         if force_foreground and locations:

@@ -8,7 +8,7 @@ import torch
 
 from osmedseg.registration.appearance import AppearanceNet, appearance_loss
 from osmedseg.registration.builders import build_registration_network
-from osmedseg.registration.integration import integrate_velocity
+from osmedseg.registration.inference import inverse_flow
 from osmedseg.registration.losses import RegistrationLoss
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.training.registration_data import RegistrationVolumes
@@ -79,7 +79,7 @@ class RegistrationStage(StageTrainer):
     def _appearance_step(self, out: dict, targets: torch.Tensor) -> float:
         """One step of the appearance model on flows from the registration network, which stays fixed here."""
         flow = out["flow"].detach()
-        inverse = integrate_velocity(-out["velocity"].detach()) if "velocity" in out else -flow
+        inverse = inverse_flow({k: v.detach() for k, v in out.items() if k in ("flow", "velocity")})
         atlas = self.atlas.expand(len(targets), *self.atlas.shape[1:])
         with self.autocast():
             psi = self.train_modules["appearance"](atlas, warp(targets, inverse))

@@ -25,13 +25,19 @@ from osmedseg.training.run_log import RunLog
 from osmedseg.utilities.atomic import save_json_atomic, torch_save_atomic
 from osmedseg.utilities.seeding import seed_everything
 
-FINAL, LATEST, BEST = "checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"
+FINAL, LATEST = "checkpoint_final.pth", "checkpoint_latest.pth"
 
 
 def distributed_context() -> tuple[int, int, int]:
     """``(rank, local_rank, world_size)`` from torchrun's environment; ``(0, 0, 1)`` without it."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
             int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init_process_group(device: torch.device) -> None:
+    """Join torchrun's process group once (nccl on CUDA, gloo otherwise)."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,6 +96,9 @@ class StageTrainer:
     def end_of_training(self) -> None:
         """Called once after the last epoch (quality figures, exports)."""
 
+    def start_of_epoch(self, rng: np.random.Generator) -> None:
+        """Called on every rank before each epoch (e.g. to refresh synthesised samples)."""
+
     def end_of_epoch(self) -> dict[str, float]:
         """Extra values to log after each epoch (e.g. validation Dice)."""
         return {}
@@ -130,8 +139,15 @@ class StageTrainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(), "history": log.history,
             "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-            "config": self.config(),
+            "config": self.config(), "extra": self.extra_state(),
         }
+
+    def extra_state(self) -> dict:
+        """Stage-specific values to keep across a resume (e.g. the best validation score so far)."""
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        """Restore what ``extra_state`` saved."""
 
     def load_state(self, state: dict, rng: np.random.Generator | None = None) -> None:
         for k, m in self.modules.items():
@@ -143,13 +159,14 @@ class StageTrainer:
                 s.load_state_dict(state["schedulers"][k])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
+        self.load_extra_state(state.get("extra", {}))
         if rng is not None:
             rng.bit_generator.state = state["rng"]["numpy"]
             torch.set_rng_state(state["rng"]["torch"])
 
     def config(self) -> dict:
         """What this stage was run with (recorded in the run folder and in checkpoints)."""
-        return {"trainer": type(self).__name__, "stage": self.stage_name, "epochs": self.epochs,
+        return {"trainer": self.options.get("method", type(self).__name__), "stage": type(self).__name__, "epochs": self.epochs,
                 "iterations_per_epoch": self.iterations_per_epoch, "seed": self.seed, "device": str(self.device),
                 "amp": self.use_amp, **{k: v for k, v in self.options.items() if _jsonable(v)}}
 
@@ -169,13 +186,14 @@ class StageTrainer:
 
     # ---- the loop ------------------------------------------------------------------------------------------------
     def _wrap_for_training(self) -> None:
-        if self.world_size == 1:
-            self.train_modules = dict(self.modules)
-            return
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        self.train_modules = {k: DistributedDataParallel(m, device_ids=ids) for k, m in self.modules.items()}
+        """DDP under torchrun, then ``torch.compile`` if the ``compile`` option is set."""
+        self.train_modules = dict(self.modules)
+        if self.world_size > 1:
+            init_process_group(self.device)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_modules = {k: DistributedDataParallel(m, device_ids=ids) for k, m in self.modules.items()}
+        if self.options.get("compile"):
+            self.train_modules = {k: torch.compile(m) for k, m in self.train_modules.items()}
 
     def run(self, resume: bool = False) -> None:
         """Train all epochs (continuing from ``checkpoint_latest.pth`` if ``resume``), then write the final checkpoint."""
@@ -200,6 +218,7 @@ class StageTrainer:
             for module in self.modules.values():
                 module.train()
             start, sums = time.time(), {}
+            self.start_of_epoch(rng)
             bar = tqdm(range(self.iterations_per_epoch), desc=f"{self.stage_name} epoch {self.epoch + 1}",
                        disable=self.disable_pbar or not self.is_main, leave=False)
             for iteration in bar:

@@ -168,6 +168,8 @@ def test_configuration_hash():
     a = {"spacing": [1.0, 1.0, 1.0], "patch_size": [8, 8, 8]}
     assert configuration_hash(a) == configuration_hash(dict(reversed(list(a.items()))))  # key order irrelevant
     assert configuration_hash(a) != configuration_hash({**a, "spacing": [1.0, 1.0, 1.5]})
+    assert configuration_hash(a) == configuration_hash({**a, "patch_size": [16, 16, 16]})  # not a cache input
+    assert configuration_hash(a) != configuration_hash(a, {"0": {"mean": 1.0}})  # CT statistics are
     assert len(configuration_hash(a)) == 12
 
 
@@ -203,7 +205,8 @@ def test_caches_of_both_configurations(planned, capsys):
     data, seg, properties = read_case(seg_folder, "atlas")
     raw_label, _ = read_label(dataset.atlases[0].label_file)
     np.testing.assert_array_equal(revert_segmentation(seg, properties), raw_label)
-    assert properties["plans_hash"] == configuration_hash(plans["configurations"]["segmentation"])
+    assert properties["plans_hash"] == configuration_hash(plans["configurations"]["segmentation"],
+                                                          plans["foreground_intensity_properties_per_channel"])
     assert properties["image_files"] == dataset.atlases[0].image_files
     # registration: every case in the common grid; the atlas (identity) keeps every labelled voxel
     reg = plans["configurations"]["registration"]

@@ -53,7 +53,7 @@ def test_hint_loss_values_for_aligned_orthogonal_and_opposite_features():
     loss = HintLoss()
     assert loss([a], [3 * a]).item() == pytest.approx(0.0, abs=1e-6)
     assert loss([a], [b]).item() == pytest.approx(1.0, abs=1e-6)
-    assert loss([a, a], [-a, a]).item() == pytest.approx(1.0, abs=1e-6)  # mean of 2 and 0 over layers
+    assert loss([a, a], [-a, a]).item() == pytest.approx(2.0, abs=1e-6)  # sum of 2 and 0 over layers
     assert loss([a], [-a]).item() == pytest.approx(2.0, abs=1e-6)
     with pytest.raises(ValueError, match="differ"):
         loss([a], [a[..., :2]])

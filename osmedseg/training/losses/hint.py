@@ -9,10 +9,10 @@ from torch import nn
 
 
 class HintLoss(nn.Module):
-    """Mean over layers of mean over voxels of `1 - cos(student_v, teacher_v)`, cosine taken over channels.
+    """Sum over layers of the mean over voxels of `1 - cos(student_v, teacher_v)`, cosine over channels (METHODS 3).
 
     The teacher features are detached here, so the loss trains only the student (the authors' code detached both
-    sides, which made the loss inert). Values lie in [0, 2]: 0 aligned, 1 orthogonal, 2 opposite.
+    sides, which made the loss inert). Per layer the value lies in [0, 2]: 0 aligned, 1 orthogonal, 2 opposite.
     """
 
     def __init__(self, eps: float = 1e-8) -> None:
@@ -31,4 +31,4 @@ class HintLoss(nn.Module):
                 )
             cosine = F.cosine_similarity(s.float(), t.detach().float(), dim=1, eps=self.eps)
             losses.append((1 - cosine).mean())
-        return torch.stack(losses).mean()
+        return torch.stack(losses).sum()

@@ -17,15 +17,20 @@ def load_dataset_json(dataset_folder: str) -> dict:
 
 def load_dataset_json_file(path: str) -> dict:
     """Load and validate a dataset.json file given by its path."""
+    info = read_dataset_json(path)
+    validate_dataset_json(info, path)
+    return info
+
+
+def read_dataset_json(path: str):
+    """The parsed JSON of a dataset.json, unvalidated; a missing or malformed file is an OsmError."""
     if not os.path.isfile(path):
         raise OsmError(f"{path}: missing dataset.json")
     try:
         with open(path) as f:
-            info = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise OsmError(f"{path}: malformed JSON ({e})") from None
-    validate_dataset_json(info, path)
-    return info
 
 
 def validate_dataset_json(info: dict, path: str = "dataset.json") -> None:

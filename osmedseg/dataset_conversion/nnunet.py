@@ -6,11 +6,10 @@ dataset.json; region-based (list-valued) labels are not supported.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from osmedseg.dataset.cases import group_channel_files
-from osmedseg.dataset.dataset_json import validate_dataset_json
+from osmedseg.dataset.dataset_json import read_dataset_json, validate_dataset_json
 from osmedseg.dataset_conversion.source import Source, SourceCase, require_dir
 from osmedseg.errors import OsmError
 from osmedseg.paths import DATASET_PATTERN
@@ -40,13 +39,7 @@ def collect(folder: str) -> Source:
 def _load_dataset_json(folder: str) -> dict:
     """nnU-Net's dataset.json, checked like ours except that nnU-Net v2 does not require a name."""
     path = os.path.join(folder, "dataset.json")
-    if not os.path.isfile(path):
-        raise OsmError(f"{path}: missing dataset.json")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OsmError(f"{path}: malformed JSON ({e})") from None
+    info = read_dataset_json(path)
     validate_dataset_json({"name": os.path.basename(folder), **info} if isinstance(info, dict) else info, path)
     return info
 

@@ -21,6 +21,21 @@ def test_dice_ce_is_lower_for_a_matching_prediction():
     assert loss(matching, labels) < 0.01 < loss(random, labels)
 
 
+def test_dice_skips_classes_absent_from_the_target_by_default():
+    labels = torch.zeros(1, 6, 5, 4, dtype=torch.long)
+    labels[0, :3] = 1  # class 2 is absent
+    logits = torch.zeros(1, 3, 6, 5, 4)
+    logits[:, 1] = 5 * (labels == 1).float()
+    logits[:, 2] = 1.0  # some mass on the absent class
+    probabilities = torch.softmax(logits, 1)
+    inter = (probabilities[:, 1] * (labels == 1)).sum()
+    dice_1 = (2 * inter + 1e-5) / (probabilities[:, 1].sum() + (labels == 1).sum() + 1e-5)
+    torch.testing.assert_close(DiceCELoss().soft_dice(logits, F.one_hot(labels, 3).movedim(-1, 1).float()), dice_1)
+    # nnU-Net's way: the absent class scores ~0 and halves the Dice
+    kept = DiceCELoss(skip_empty=False).soft_dice(logits, F.one_hot(labels, 3).movedim(-1, 1).float())
+    assert kept < 0.5 * dice_1 + 1e-3
+
+
 @pytest.mark.parametrize("batch_dice", [False, True])
 @pytest.mark.parametrize("include_background", [False, True])
 def test_dice_ce_soft_one_hot_equals_integer_targets(batch_dice, include_background):

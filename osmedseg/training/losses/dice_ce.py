@@ -1,4 +1,10 @@
-"""Soft Dice + cross-entropy, the nnU-Net segmentation loss (weights 1:1, smooth 1e-5, background excluded)."""
+"""Soft Dice + cross-entropy, the nnU-Net segmentation loss (weights 1:1, smooth 1e-5, background excluded).
+
+One deliberate difference: by default the Dice term averages only over (sample, class) pairs whose target has the
+class (``skip_empty``). With per-sample Dice, an absent class scores ~0 as soon as any probability mass is predicted,
+so patches without a small structure push its probability down everywhere; on one-shot data, where thin structures
+appear in few patches, that keeps them from being learned at all. Absent classes are still trained by the CE term.
+"""
 from __future__ import annotations
 
 import torch
@@ -38,8 +44,10 @@ class DiceCELoss(nn.Module):
         smooth: float = 1e-5,
         weight_dice: float = 1.0,
         weight_ce: float = 1.0,
+        skip_empty: bool = True,
     ) -> None:
         super().__init__()
+        self.skip_empty = skip_empty
         self.include_background, self.batch_dice, self.smooth = include_background, batch_dice, smooth
         self.weight_dice, self.weight_ce = weight_dice, weight_ce
 
@@ -51,7 +59,11 @@ class DiceCELoss(nn.Module):
         axes = ([0] if self.batch_dice else []) + list(range(2, prediction.dim()))
         intersection = (prediction * probabilities).sum(axes)
         denominator = prediction.sum(axes) + probabilities.sum(axes)
-        return ((2 * intersection + self.smooth) / (denominator + self.smooth).clamp_min(1e-8)).mean()
+        dice = (2 * intersection + self.smooth) / (denominator + self.smooth).clamp_min(1e-8)
+        if not self.skip_empty:
+            return dice.mean()
+        present = probabilities.sum(axes) > 0
+        return dice[present].mean() if present.any() else dice.new_ones(())
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce_target, probabilities = _target_probabilities(target, logits)

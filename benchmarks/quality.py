@@ -27,10 +27,14 @@ STUDENT_ROWS = (("student without hint", "OSMedSegTrainer_NoHint"), ("student wi
 
 
 def run(command: list[str]) -> float:
-    """Run one CLI command (output streamed), fail loudly, return its wall time in seconds."""
+    """Run one CLI command (output streamed), fail loudly, return its wall time in seconds.
+
+    The console script is taken from beside this interpreter, so an unactivated virtual environment works too.
+    """
     print("$ " + " ".join(command), flush=True)
+    script = os.path.join(os.path.dirname(sys.executable), command[0])
     start = time.time()
-    result = subprocess.run(command)
+    result = subprocess.run([script if os.path.isfile(script) else command[0], *command[1:]])
     if result.returncode != 0:
         sys.exit(f"command failed with exit code {result.returncode}: {' '.join(command)}")
     return time.time() - start

@@ -25,3 +25,19 @@ def shared_data(*parts: str) -> str:
     if not os.path.exists(path):
         pytest.skip(f"real sample data not available at {path} (../shared/data is absent)")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory):
+    """The reduced demo trained and predicted once per session through the public CLIs (tests/pipeline_fixture.py)."""
+    from tests.pipeline_fixture import build_trained_demo
+
+    return build_trained_demo(str(tmp_path_factory.mktemp("trained_demo")))
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """A demo planned on a coarse grid, registration cache only (read-only: copy it before changing it)."""
+    from tests.pipeline_fixture import build_small_demo
+
+    return build_small_demo(str(tmp_path_factory.mktemp("small_demo")))

@@ -80,7 +80,8 @@ class DistillationStage(StageTrainer):
                                     self.options["oversample_foreground"], self.seed)
         self.transforms = training_transforms(self.patch_size, configuration["mirror_axes"])
         arch = configuration["architecture"]
-        hint_layers = self.options["hint_layers"]
+        # a shallow network (tiny data) has fewer decoder layers than hint layers asked for: use all it has
+        hint_layers = min(self.options["hint_layers"], len(arch["features_per_stage"]) - 1)
         self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
                                                 hint_layers).to(self.device)
         if self.uses_teacher:
@@ -154,7 +155,7 @@ class DistillationStage(StageTrainer):
         torch_save_atomic({"state_dict": self.modules["student"].state_dict(),
                            "architecture": self.plans["configurations"]["segmentation"]["architecture"],
                            "in_channels": self.channels, "num_classes": self.num_classes,
-                           "hint_layers": self.options["hint_layers"], "trainer": self.options.get("method"),
+                           "hint_layers": self.modules["student"].hint_layers, "trainer": self.options.get("method"),
                            "epoch": self.epoch}, path)
         return path
 

@@ -174,12 +174,18 @@ class StageTrainer:
         return os.path.isfile(self.checkpoint_path(FINAL))
 
     def load_trained(self, checkpoint: str = FINAL) -> None:
-        """Build the stage and load the weights of a finished run (for synthesis and inference)."""
+        """Build the stage and load the weights of a finished run (for synthesis and inference).
+
+        The options the checkpoint was trained with (network type, diffeomorphic, appearance, ...) replace this
+        instance's, so the modules match the weights whatever flags the current command was given.
+        """
         path = self.checkpoint_path(checkpoint)
         if not os.path.isfile(path):
             raise OsmError(f"{path}: checkpoint not found")
-        self.build()
         state = torch.load(path, map_location=self.device, weights_only=False)
+        recorded = state.get("config", {})
+        self.options.update({k: recorded[k] for k in self.options if k in recorded and k != "method"})
+        self.build()
         for name, module in self.modules.items():
             module.load_state_dict(state["modules"][name])
             module.eval()

@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("-d", dest="dataset", default="Demo", help="dataset id or name (default Demo, created if missing)")
     parser.add_argument("--reg_epochs", type=int, default=5, help="registration epochs (25 iterations each)")
     parser.add_argument("--distill_epochs", type=int, default=8, help="distillation epochs (50 iterations each)")
+    parser.add_argument("--reg_lr", type=float, default=None, help="registration learning rate (default: osm_train's)")
     parser.add_argument("--extra_trainers", nargs="*", default=[], help="further trainers to add as rows")
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--out", default=None, help="output folder (default <results>/<dataset>/quality_benchmark)")
@@ -130,7 +131,8 @@ def main() -> None:
     common = ["-d", name, "--no_pbar", "-device", args.device]
 
     run(["osm_plan_and_preprocess", "-d", name, "--no_pbar"])
-    registration_seconds = run(["osm_train", *common, "-stage", "registration", "--epochs", str(args.reg_epochs)])
+    lr = ["-reg_lr", str(args.reg_lr)] if args.reg_lr else []
+    registration_seconds = run(["osm_train", *common, "-stage", "registration", "--epochs", str(args.reg_epochs), *lr])
     train_seconds = {}
     for _, trainer in STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers):
         train_seconds[trainer] = registration_seconds + run(
@@ -155,7 +157,8 @@ def main() -> None:
                    **{label: trainer for label, trainer in STUDENT_ROWS}}.get(best["method"], best["method"])
     median_case_overlay(best, os.path.join(out, best_folder), raw, os.path.join(out, "median_case_best_method.png"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}"
-    budget = f"registration {args.reg_epochs} x 25 iterations, distillation {args.distill_epochs} x 50 iterations"
+    budget = (f"registration {args.reg_epochs} x 25 iterations" + (f" (lr {args.reg_lr})" if args.reg_lr else "")
+              + f", distillation {args.distill_epochs} x 50 iterations")
     report = f"## {name}\n\nMachine: {machine}. Budget: {budget}.\n\n{table}\n"
     with open(os.path.join(out, "quality.md"), "w") as f:
         f.write(report)

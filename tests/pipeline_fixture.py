@@ -96,7 +96,7 @@ def build_trained_demo(root: str) -> dict:
             "seconds": seconds}
 
 
-def build_small_demo(root: str, n_unlabeled: int = 3, n_test: int = 1) -> dict:
+def build_small_demo(root: str, n_unlabeled: int = 3, n_test: int = 0) -> dict:
     """A demo planned at 3 x 4 x 4 mm (registration grid 20 x 16 x 16), registration cache only."""
     from osmedseg.cli.plan_and_preprocess import main as plan_main
 

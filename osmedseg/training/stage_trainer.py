@@ -133,7 +133,7 @@ class StageTrainer:
 
     def state(self, log: RunLog, rng: np.random.Generator) -> dict:
         return {
-            "trainer": type(self).__name__, "stage": self.stage_name, "epoch": self.epoch,
+            "trainer": self.options.get("method", type(self).__name__), "stage": self.stage_name, "epoch": self.epoch,
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},

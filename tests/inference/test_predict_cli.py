@@ -37,9 +37,10 @@ def _predict(trained_demo: dict, input_folder: str, output_folder: str, *flags: 
                                   "--no_pbar", *flags])
 
 
-def _ok(result: tuple[int, str, str]) -> str:
+def _ok(result: tuple[int, str, str], output_folder: str) -> str:
     code, out, err = result
     assert code == 0, out + err
+    assert not [name for name in os.listdir(output_folder) if name.startswith(".tmp")]  # atomic writes
     return out
 
 
@@ -88,7 +89,7 @@ def test_student_output_geometry_and_probabilities(trained_demo, odd_inputs, tmp
     """Permuted/flipped axes and an anisotropic, oblique header: the label map and the probabilities have exactly the
     input's grid (the anisotropic case goes through probability resampling)."""
     out = str(tmp_path / "student")
-    _ok(_predict(trained_demo, odd_inputs, out, "--disable_tta", "--save_probabilities"))
+    _ok(_predict(trained_demo, odd_inputs, out, "--disable_tta", "--save_probabilities"), out)
     num_classes = len(json.load(open(os.path.join(trained_demo["run_folder"], "dataset.json")))["labels"])
     for case_id in ("reoriented", "relabelled"):
         input_file = os.path.join(odd_inputs, f"{case_id}_0000.nii.gz")
@@ -106,7 +107,7 @@ def test_student_output_geometry_and_probabilities(trained_demo, odd_inputs, tmp
 def test_registration_output_geometry_and_physical_consistency(trained_demo, odd_inputs, tmp_path):
     """The registration baseline works in physical space: a reoriented copy of a test image gets the same labels."""
     out = str(tmp_path / "registration")
-    _ok(_predict(trained_demo, odd_inputs, out, "-method", "registration"))
+    _ok(_predict(trained_demo, odd_inputs, out, "-method", "registration"), out)
     for case_id in ("reoriented", "relabelled"):
         _assert_same_grid(os.path.join(out, f"{case_id}.nii.gz"), os.path.join(odd_inputs, f"{case_id}_0000.nii.gz"))
     original = sitk.ReadImage(os.path.join(trained_demo["predictions"]["registration"], "demo_005.nii.gz"))
@@ -123,7 +124,7 @@ def test_parts_cover_every_case_once_and_continue_skips_finished_cases(trained_d
     for part_id in range(3):
         out = str(tmp_path / f"part{part_id}")
         stdout = _ok(_predict(trained_demo, inputs, out, "--disable_tta", "-num_parts", "3", "-part_id",
-                              str(part_id)))
+                              str(part_id)), out)
         written = sorted(name[: -len(".nii.gz")] for name in os.listdir(out) if name.endswith(".nii.gz"))
         assert written == cases[part_id::3] and f"{len(written)} case(s) written" in stdout
         with open(os.path.join(out, f"predict_args_part{part_id}.json")) as f:
@@ -134,12 +135,12 @@ def test_parts_cover_every_case_once_and_continue_skips_finished_cases(trained_d
     merged = str(tmp_path / "merged")  # finish the job in part 0's folder
     shutil.copytree(str(tmp_path / "part0"), merged)
     before = file_stamps(merged)
-    stdout = _ok(_predict(trained_demo, inputs, merged, "--disable_tta", "--continue_prediction"))
+    stdout = _ok(_predict(trained_demo, inputs, merged, "--disable_tta", "--continue_prediction"), merged)
     assert f"{len(parts[0])} case(s) already predicted, skipped" in stdout
     after = file_stamps(merged)
     assert {f"{c}.nii.gz" for c in cases} <= after.keys()
     assert all(after[f"{c}.nii.gz"] == before[f"{c}.nii.gz"] for c in parts[0])  # not rewritten
-    stdout = _ok(_predict(trained_demo, inputs, merged, "--disable_tta", "--continue_prediction"))
+    stdout = _ok(_predict(trained_demo, inputs, merged, "--disable_tta", "--continue_prediction"), merged)
     assert f"{len(cases)} case(s) already predicted, skipped" in stdout and "0 case(s) written" in stdout
     assert {k: v for k, v in file_stamps(merged).items() if k.endswith(".nii.gz")} == \
         {k: v for k, v in after.items() if k.endswith(".nii.gz")}

@@ -19,7 +19,7 @@ from osmedseg.training.registration_stage import RegistrationStage
 from osmedseg.training.stage_trainer import FINAL
 from tests.pipeline_fixture import file_stamps, run_cli
 
-ATLAS, USABLE, REFUSED = "demo_000", ["demo_001", "demo_002"], "demo_003"  # demo_004 is the labeled test case
+ATLAS, USABLE, REFUSED = "demo_000", ["demo_001", "demo_002"], "demo_003"
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,8 @@ def build_trained_demo(root: str) -> dict:
         checked(plan_main, ["-d", "Demo", "-np", "2", "--no_pbar"], log)
         seconds["plan_and_preprocess"] = time.time() - start
         start = time.time()
-        checked(train_main, ["-d", "Demo", "-stage", "registration", "--iters", str(REGISTRATION_ITERS), "--no_pbar"], log)
+        checked(train_main, ["-d", "Demo", "-stage", "registration", "--iters", str(REGISTRATION_ITERS),
+                             "--no_pbar"], log)
         seconds["registration"] = time.time() - start
         start = time.time()
         full_run = checked(train_main, ["-d", "Demo", "--iters", str(DISTILLATION_ITERS), "--no_pbar"], log)

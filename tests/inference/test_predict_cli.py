@@ -17,7 +17,6 @@ from osmedseg.io import read_image, read_label
 from tests.pipeline_fixture import file_stamps, run_cli
 
 TEST_CASES = ("demo_005", "demo_006")  # the reduced demo: atlas demo_000, unlabeled demo_001..004, test demo_005..006
-UNLABELED = ("demo_001", "demo_002", "demo_003", "demo_004")
 
 
 def _image_file(trained_demo: dict, case_id: str) -> str:
@@ -90,7 +89,8 @@ def test_student_output_geometry_and_probabilities(trained_demo, odd_inputs, tmp
     input's grid (the anisotropic case goes through probability resampling)."""
     out = str(tmp_path / "student")
     _ok(_predict(trained_demo, odd_inputs, out, "--disable_tta", "--save_probabilities"), out)
-    num_classes = len(json.load(open(os.path.join(trained_demo["run_folder"], "dataset.json")))["labels"])
+    with open(os.path.join(trained_demo["run_folder"], "dataset.json")) as f:
+        num_classes = len(json.load(f)["labels"])
     for case_id in ("reoriented", "relabelled"):
         input_file = os.path.join(odd_inputs, f"{case_id}_0000.nii.gz")
         _assert_same_grid(os.path.join(out, f"{case_id}.nii.gz"), input_file)
@@ -113,7 +113,7 @@ def test_registration_output_geometry_and_physical_consistency(trained_demo, odd
     original = sitk.ReadImage(os.path.join(trained_demo["predictions"]["registration"], "demo_005.nii.gz"))
     expected = sitk.GetArrayFromImage(_reoriented(original))
     reoriented = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, "reoriented.nii.gz")))
-    assert _dice(expected, reoriented) > 0.9
+    assert _dice(expected, reoriented) > 0.98  # measured 0.99998
 
 
 # ---- parts and resume --------------------------------------------------------------------------------------------

@@ -19,25 +19,8 @@ from osmedseg.preprocessing.cache import list_cached_cases, read_case
 from osmedseg.preprocessing.run import ALIGNMENT_REPORT
 from osmedseg.preprocessing.segmentation_preprocessor import revert_segmentation
 from tests.conftest import shared_data
-from tests.dataset.test_bad_input import write_tiny_dataset
-
-
-def run(function, argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = function(argv)
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _stamps(folder: str) -> dict[str, tuple[int, int]]:
-    result = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            stat = os.stat(os.path.join(root, name))
-            result[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_ino, stat.st_mtime_ns)
-    return result
+from tests.dataset.test_bad_input import run_main as run, write_tiny_dataset
+from tests.pipeline_fixture import file_stamps
 
 
 def _check_plan_is_sane(plans: dict) -> None:
@@ -67,7 +50,7 @@ def demo(tmp_path_factory):
             codes.append(main(argv))
         except SystemExit as e:  # reported by the assertion on the exit codes
             codes.append(e.code)
-        stamps.append(_stamps(out))
+        stamps.append(file_stamps(out))
     return {"raw": os.path.join(raw, DEMO_DATASET_NAME), "out": out, "codes": codes, "first": stamps[0],
             "second": stamps[1]}
 
@@ -166,10 +149,10 @@ def test_flags(data_roots, capsys):
     assert list_cached_cases(os.path.join(out, "osmPlans_segmentation")) == ["atlas", "u00", "u01"]
 
     write_tiny_dataset(data_roots["raw"], name="Dataset003_Fresh")
-    before = _stamps(data_roots["preprocessed"])
+    before = file_stamps(data_roots["preprocessed"])
     code, _, err = run(main, ["-d", "3", "--no_pp", "--no_pbar", "-pl", "NoSuchPlanner"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no ExperimentPlanner named 'NoSuchPlanner'" in err
-    assert _stamps(data_roots["preprocessed"]) == before  # failed before writing anything
+    assert file_stamps(data_roots["preprocessed"]) == before  # failed before writing anything
     code, _, err = run(main, ["-d", "1", "-c", "everything"], capsys)
     assert code == 2 and "invalid choice" in err  # argparse's own usage error
 

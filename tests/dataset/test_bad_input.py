@@ -228,13 +228,18 @@ BREAKERS = {f.__name__.lstrip("_"): f for f in (
     _case_twice, _num_training, _num_unlabeled, _atlas_label_missing)}
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+def run_main(function, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Call a CLI ``main(argv)``; return its exit code and what it printed."""
     try:
-        code = main(argv)
+        code = function(argv)
     except SystemExit as e:
         code = e.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    return run_main(main, argv, capsys)
 
 
 @pytest.fixture

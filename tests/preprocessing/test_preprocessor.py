@@ -19,6 +19,7 @@ from osmedseg.preprocessing.run import ALIGNMENT_REPORT, preprocess_dataset
 from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, revert_probabilities,
                                                               revert_segmentation)
 from tests.dataset.test_bad_input import write_tiny_dataset
+from tests.pipeline_fixture import file_stamps
 
 PERMUTED_FLIP = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 SPACING = (3.0, 0.8, 1.1)  # anisotropic: thick slices along z
@@ -183,16 +184,6 @@ def planned(tmp_path):
     return load_raw_dataset(folder), plans, os.path.join(out, "Dataset001_Tiny")
 
 
-def _stamps(folder: str) -> dict[str, tuple[int, int]]:
-    """(inode, mtime) per file: an atomic rewrite changes the inode even within one clock tick."""
-    stamps = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            stat = os.stat(os.path.join(root, name))
-            stamps[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_ino, stat.st_mtime_ns)
-    return stamps
-
-
 def test_caches_of_both_configurations(planned, capsys):
     dataset, plans, out = planned
     report = preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
@@ -240,9 +231,9 @@ def test_failed_alignment_is_flagged(planned, capsys):
 def test_resume_rewrites_nothing_and_recomputes_what_is_missing(planned):
     dataset, plans, out = planned
     preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
-    first = _stamps(out)
+    first = file_stamps(out)
     preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
-    second = _stamps(out)
+    second = file_stamps(out)
     report = "osmPlans_registration/" + ALIGNMENT_REPORT  # rewritten each run (it summarises all cases)
     assert {k: v for k, v in second.items() if k != report} == {k: v for k, v in first.items() if k != report}
 
@@ -250,7 +241,7 @@ def test_resume_rewrites_nothing_and_recomputes_what_is_missing(planned):
     os.remove(os.path.join(seg_folder, "u00.npz"))  # a case lost: only it is recomputed
     os.remove(os.path.join(out, "osmPlans_registration", "t00.json"))
     preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
-    third = _stamps(out)
+    third = file_stamps(out)
     changed = sorted(k for k in third if third[k] != first.get(k))
     assert changed == ["osmPlans_registration/alignment_report.json", "osmPlans_registration/t00.json",
                        "osmPlans_registration/t00.npz", "osmPlans_segmentation/u00.json",
@@ -261,10 +252,10 @@ def test_resume_rewrites_nothing_and_recomputes_what_is_missing(planned):
 def test_other_plans_recompute(planned):
     dataset, plans, out = planned
     preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1, disable_pbar=True)
-    first = _stamps(out)
+    first = file_stamps(out)
     plans["configurations"]["segmentation"]["spacing"] = [2.0, 1.5, 1.5]
     preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1, disable_pbar=True)
-    second = _stamps(out)
+    second = file_stamps(out)
     assert all(second[k] != first[k] for k in first if k.startswith("osmPlans_segmentation/"))
     _, seg, properties = read_case(os.path.join(out, "osmPlans_segmentation"), "atlas")
     assert properties["spacing_after_resampling"] == [2.0, 1.5, 1.5]
@@ -289,7 +280,7 @@ def test_interrupted_run_leaves_no_partial_case_and_resumes(planned, monkeypatch
     folder = os.path.join(out, "osmPlans_segmentation")
     assert not [f for f in os.listdir(folder) if f.startswith(".")]  # no temporary file left behind
     assert list_cached_cases(folder) == ["atlas"]  # u00 has arrays but no properties: not a case
-    done = _stamps(folder)
+    done = file_stamps(folder)
     preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1, disable_pbar=True)
     assert list_cached_cases(folder) == ["atlas", "u00", "u01"]
-    assert _stamps(folder)["atlas.npz"] == done["atlas.npz"]
+    assert file_stamps(folder)["atlas.npz"] == done["atlas.npz"]

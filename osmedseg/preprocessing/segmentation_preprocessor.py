@@ -51,12 +51,10 @@ def revert_probabilities(probabilities: np.ndarray, properties: dict) -> np.ndar
 
     Outside the crop box the background class gets probability 1.
     """
-    geometry = Geometry.from_dict(properties["geometry"])
     cropped_shape = properties["shape_after_cropping"]
     if list(probabilities.shape[1:]) != list(cropped_shape):
         probabilities = resample_probabilities(probabilities, cropped_shape, properties["spacing_after_resampling"])
-    full = np.zeros((probabilities.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
-    full[0] = 1.0
+    full = np.empty((probabilities.shape[0], *properties["shape_before_cropping"]), dtype=np.float32)
     for k in range(probabilities.shape[0]):
         full[k] = uncrop(probabilities[k], properties["bbox_used_for_cropping"], properties["shape_before_cropping"],
                          fill=1.0 if k == 0 else 0.0)

@@ -133,28 +133,23 @@ def main() -> None:
     run(["osm_plan_and_preprocess", "-d", name, "--no_pbar"])
     lr = ["-reg_lr", str(args.reg_lr)] if args.reg_lr else []
     registration_seconds = run(["osm_train", *common, "-stage", "registration", "--epochs", str(args.reg_epochs), *lr])
-    train_seconds = {}
-    for _, trainer in STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers):
-        train_seconds[trainer] = registration_seconds + run(
-            ["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
-             "--epochs", str(args.distill_epochs)])
+    students = STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers)
+    train_seconds = {trainer: run(["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
+                                   "--epochs", str(args.distill_epochs)]) for _, trainer in students}
 
+    methods = [("affine-only atlas copy", "affine", ["-method", "affine"]),
+               ("registration baseline", "registration", ["-method", "registration"])]
+    methods += [(label, trainer, ["-tr", trainer]) for label, trainer in students]
     rows = []
-    baselines = (("affine-only atlas copy", "affine"), ("registration baseline", "registration"))
-    for label, method in baselines:
-        pred = os.path.join(out, method)
-        seconds = run(["osm_predict", "-i", images, "-o", pred, *common, "-method", method])
-        rows.append(row(label, evaluate(labels, pred, dataset_json),
-                        registration_seconds / 60 if method == "registration" else None, seconds, n_cases))
-    for label, trainer in STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers):
-        pred = os.path.join(out, trainer)
-        seconds = run(["osm_predict", "-i", images, "-o", pred, *common, "-tr", trainer])
-        rows.append(row(label, evaluate(labels, pred, dataset_json), train_seconds[trainer] / 60, seconds, n_cases))
+    for label, folder, flags in methods:
+        seconds = run(["osm_predict", "-i", images, "-o", os.path.join(out, folder), *common, *flags])
+        train_minutes = None if folder == "affine" else (registration_seconds + train_seconds.get(folder, 0.0)) / 60
+        rows.append(row(label, evaluate(labels, os.path.join(out, folder), dataset_json), train_minutes, seconds,
+                        n_cases))
 
     table = markdown(rows, label_names)
     best = max(rows, key=lambda r: r["dice_mean"])
-    best_folder = {"affine-only atlas copy": "affine", "registration baseline": "registration",
-                   **{label: trainer for label, trainer in STUDENT_ROWS}}.get(best["method"], best["method"])
+    best_folder = {label: folder for label, folder, _ in methods}[best["method"]]
     median_case_overlay(best, os.path.join(out, best_folder), raw, os.path.join(out, "median_case_best_method.png"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}"
     budget = (f"registration {args.reg_epochs} x 25 iterations" + (f" (lr {args.reg_lr})" if args.reg_lr else "")

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("-lambda_rec", type=float, default=None, help="teacher reconstruction loss weight (default 1)")
     dist.add_argument("-lambda_hint", type=float, default=None, help="hint loss weight (default 1; 0 = no teacher)")
     dist.add_argument("-hint_layers", type=int, default=None, help="decoder layers the hint loss uses (default 2)")
+    dist.add_argument("-hint_warmup", type=float, default=None,
+                      help="fraction of the iterations over which the hint weight rises from 0 (default 0.5; 0 = none)")
+    dist.add_argument("-ce_top_fraction", type=float, default=None,
+                      help="CE over this hardest fraction of voxels (default 0.1, nnU-Net's TopK10; 1 = plain CE)")
     dist.add_argument("-synthesis", choices=("offline", "on_the_fly"), default=None,
                       help="offline: one cached pair per unlabeled volume (default); on_the_fly: also draw new pairs "
                            "each epoch from random spatial/appearance targets")
@@ -59,8 +63,10 @@ def stage_options(args: argparse.Namespace) -> dict:
                "lambda_contrast": args.lambda_contrast, "registration_lr": args.reg_lr,
                "diffeomorphic": False if args.no_diffeomorphic else None, "appearance": True if args.appearance else None,
                "lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec, "lambda_hint": args.lambda_hint,
-               "hint_layers": args.hint_layers, "optimizer": args.optimizer, "lr": args.lr,
-               "synthesis": args.synthesis, "compile": True if args.compile else None, "interpolate_flows": False if args.no_flow_interpolation else None}
+               "hint_layers": args.hint_layers, "hint_warmup": args.hint_warmup,
+               "ce_top_fraction": args.ce_top_fraction, "optimizer": args.optimizer, "lr": args.lr,
+               "synthesis": args.synthesis, "compile": True if args.compile else None,
+               "interpolate_flows": False if args.no_flow_interpolation else None}
     return {k: v for k, v in options.items() if v is not None}
 
 

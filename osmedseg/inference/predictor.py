@@ -10,7 +10,7 @@ import torch
 from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, write_label
 from osmedseg.networks.unet import build_network
-from osmedseg.planning.plans import PLANS_FILE
+from osmedseg.planning.plans import PLANS_FILE, check_plans
 from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, revert_probabilities,
                                                               revert_segmentation)
 from osmedseg.inference.sliding_window import predict_sliding_window
@@ -37,6 +37,7 @@ class Predictor:
     def __init__(self, run_folder: str, checkpoint: str = "student_final.pth", device: str = "cpu",
                  step_size: float = 0.5, tile_batch_size: int = 4, use_mirroring: bool = True):
         self.plans = load_run_json(run_folder, PLANS_FILE)
+        check_plans(self.plans, os.path.join(run_folder, PLANS_FILE))
         self.dataset_json = load_run_json(run_folder, "dataset.json")
         self.configuration = self.plans["configurations"]["segmentation"]
         path = os.path.join(run_folder, "distillation", checkpoint)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from osmedseg.dataset.cases import group_channel_files
 from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, write_label
-from osmedseg.utilities.atomic import save_npz_atomic
+from osmedseg.utilities.atomic import remove_stale_temporaries, save_npz_atomic
 
 
 class CasePredictor(Protocol):
@@ -56,6 +56,7 @@ def predict_folder(predictor: CasePredictor, input_folder: str, output_folder: s
     """Segment every selected case and write ``<case><ending>`` into ``output_folder``; returns the cases written."""
     cases = select_cases(input_folder, file_ending, num_channels, num_parts, part_id)
     os.makedirs(output_folder, exist_ok=True)
+    remove_stale_temporaries(output_folder)
     outputs = {c: os.path.join(output_folder, c + file_ending) for c in cases}
     todo = [c for c in cases if not (continue_prediction and os.path.isfile(outputs[c]))]
     if len(todo) < len(cases):

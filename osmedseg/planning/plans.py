@@ -9,6 +9,7 @@ from osmedseg.utilities.atomic import save_json_atomic
 
 PLANS_FILE = "osm_plans.json"
 CONFIGURATIONS = ("registration", "segmentation")
+SEGMENTATION_KEYS = ("spacing", "patch_size", "batch_size", "mirror_axes", "architecture")
 
 
 def plans_path(preprocessed_dataset_folder: str, plans_name: str = "osmPlans") -> str:
@@ -30,7 +31,16 @@ def load_plans(preprocessed_dataset_folder: str, plans_name: str = "osmPlans") -
                        f"{os.path.basename(preprocessed_dataset_folder)} first")
     with open(path) as f:
         plans = json.load(f)
+    check_plans(plans, path)
+    return plans
+
+
+def check_plans(plans: dict, path: str) -> None:
+    """Raise a one-line OsmError if plans lack a configuration or a key later stages read (e.g. old plans)."""
     missing = [c for c in CONFIGURATIONS if c not in plans.get("configurations", {})]
     if missing:
         raise OsmError(f"{path}: configuration(s) {', '.join(missing)} missing; re-run osm_plan_and_preprocess")
-    return plans
+    keys = [k for k in SEGMENTATION_KEYS if k not in plans["configurations"]["segmentation"]]
+    if keys:
+        raise OsmError(f"{path}: the segmentation configuration lacks {', '.join(keys)} (plans from an older "
+                       "osmedseg?); re-run osm_plan_and_preprocess")

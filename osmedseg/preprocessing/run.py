@@ -13,7 +13,7 @@ from osmedseg.preprocessing.cache import (configuration_hash, is_complete, list_
                                           remove_case, write_case)
 from osmedseg.preprocessing.registration_preprocessor import preprocess_into_grid
 from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
-from osmedseg.utilities.atomic import save_json_atomic
+from osmedseg.utilities.atomic import remove_stale_temporaries, save_json_atomic
 from osmedseg.utilities.parallel import map_cases
 
 ALIGNMENT_REPORT = "alignment_report.json"
@@ -74,6 +74,7 @@ def preprocess_dataset(dataset: RawDataset, plans: dict, preprocessed_dataset_fo
         configuration = plans["configurations"][name]
         folder = os.path.join(preprocessed_dataset_folder, configuration["data_identifier"])
         os.makedirs(folder, exist_ok=True)
+        remove_stale_temporaries(folder)
         common = dict(folder=folder, configuration=configuration, intensity_properties=intensity,
                       plans_hash=configuration_hash(configuration, intensity), declared=declared)
         current = {c.case_id for _, c in dataset.all_cases()}

@@ -30,7 +30,10 @@ class DistillationStage(StageTrainer):
     """Trains teacher and student jointly on (synthesised image, synthesised label, real image) triplets.
 
     Options: ``lambda_seg``, ``lambda_rec``, ``lambda_hint`` (0 trains the student alone: the DataAug-style
-    baseline), ``hint_layers``, ``optimizer`` ('sgd' with nnU-Net's poly schedule, or 'adam'), ``lr``,
+    baseline), ``hint_layers``, ``hint_warmup`` (fraction of the iterations over which the hint weight rises
+    linearly from 0 to ``lambda_hint``, while the teacher learns to reconstruct; 0 for none), ``optimizer``
+    ('sgd' with nnU-Net's poly schedule, or 'adam'), ``lr``, ``ce_top_fraction`` (CE over the hardest 10% of
+    voxels, nnU-Net's DiceTopK10; 1 for plain CE),
     ``oversample_foreground``, ``validation_fraction``, ``synthesis`` ('offline': the cached pairs, OS-MedSeg's
     default; 'on_the_fly': also replace ``refresh_fraction`` of the synthesised pool with new random pairs each epoch).
     """
@@ -38,9 +41,10 @@ class DistillationStage(StageTrainer):
     stage_name = "distillation"
     default_epochs = 50
     iterations_per_epoch = 50
-    defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "optimizer": "sgd",
-                "lr": None, "weight_decay": 3e-5, "oversample_foreground": 0.33, "validation_fraction": 0.1,
-                "synthesis": "offline", "refresh_fraction": 0.5}
+    defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "hint_warmup": 0.5,
+                "optimizer": "sgd", "lr": None, "weight_decay": 3e-5, "ce_top_fraction": 0.1,
+                "oversample_foreground": 0.33, "validation_fraction": 0.1, "synthesis": "offline",
+                "refresh_fraction": 0.5}
 
     def __init__(self, *args, synthesis_folder: str, synthesizer=None, **options):
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
@@ -91,7 +95,7 @@ class DistillationStage(StageTrainer):
             self.optimizers[name] = self._optimizer(module)
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers[name], lambda epoch: (1 - epoch / self.epochs) ** 0.9)
-        self.segmentation_loss = DiceCELoss()
+        self.segmentation_loss = DiceCELoss(ce_top_fraction=self.options["ce_top_fraction"])
         self.reconstruction_loss = ReconstructionLoss()
         self.hint_loss = HintLoss()
 
@@ -124,10 +128,20 @@ class DistillationStage(StageTrainer):
                 teacher = self.train_modules["teacher"](real)
                 rec_loss = self.reconstruction_loss(teacher["out"].float(), real)
                 hint_loss = self.hint_loss(student["hints"], teacher["hints"])
-                total = total + self.options["lambda_rec"] * rec_loss + self.options["lambda_hint"] * hint_loss
+                total = total + self.options["lambda_rec"] * rec_loss + self.hint_weight() * hint_loss
                 values.update(reconstruction=rec_loss, hint=hint_loss)
         self.backward_and_step(total, list(self.modules))
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in values.items()}}
+
+    def hint_weight(self) -> float:
+        """``lambda_hint``, ramped linearly from 0 over the first ``hint_warmup`` fraction of the iterations.
+
+        Early on the teacher's features are those of an untrained network; pulling the student towards them only
+        slows its segmentation down (measured on the demo), so the hint is phased in as the teacher learns.
+        """
+        warmup = self.options["hint_warmup"] * self.epochs * self.iterations_per_epoch
+        ramp = 1.0 if warmup <= 0 else min(1.0, (self.iteration + 1) / warmup)
+        return self.options["lambda_hint"] * ramp
 
     def end_of_epoch(self) -> dict[str, float]:
         """Pseudo-Dice on the held-out synthesised volumes; keeps ``student_best.pth`` on its moving average."""

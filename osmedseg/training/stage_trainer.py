@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from osmedseg.errors import OsmError
 from osmedseg.training.run_log import RunLog
-from osmedseg.utilities.atomic import save_json_atomic, torch_save_atomic
+from osmedseg.utilities.atomic import remove_stale_temporaries, save_json_atomic, torch_save_atomic
 from osmedseg.utilities.seeding import seed_everything
 
 FINAL, LATEST = "checkpoint_final.pth", "checkpoint_latest.pth"
@@ -81,6 +81,7 @@ class StageTrainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.epoch = 0
+        self.iteration = 0  # global step of the current train_step, counted from the start of the stage
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
@@ -204,6 +205,8 @@ class StageTrainer:
     def run(self, resume: bool = False) -> None:
         """Train all epochs (continuing from ``checkpoint_latest.pth`` if ``resume``), then write the final checkpoint."""
         os.makedirs(self.folder, exist_ok=True)
+        if self.is_main:
+            remove_stale_temporaries(self.folder)
         rng = seed_everything(self.seed + self.rank)
         self.build()
         self._wrap_for_training()
@@ -228,6 +231,7 @@ class StageTrainer:
             bar = tqdm(range(self.iterations_per_epoch), desc=f"{self.stage_name} epoch {self.epoch + 1}",
                        disable=self.disable_pbar or not self.is_main, leave=False)
             for iteration in bar:
+                self.iteration = self.epoch * self.iterations_per_epoch + iteration
                 try:
                     values = self.train_step(rng)
                 except FloatingPointError:

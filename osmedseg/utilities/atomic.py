@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -11,6 +12,7 @@ import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_TEMPORARY = re.compile(r"^\.tmp_(\d+)_")
 
 
 @contextmanager
@@ -29,6 +31,37 @@ def atomic_path(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files that ``atomic_path`` left in ``folder`` when its process was killed mid-write.
+
+    Only files whose writing process no longer exists are removed, so a concurrent writer is left alone.
+    Returns the removed paths.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        match = _TEMPORARY.match(name)
+        if match and not _process_alive(int(match.group(1))):
+            path = os.path.join(folder, name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_json_atomic(obj: Any, path: str, indent: int = 2) -> None:

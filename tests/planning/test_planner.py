@@ -254,6 +254,11 @@ def test_load_plans_errors(tmp_path):
     save_plans(plans, str(folder))
     with pytest.raises(OsmError, match="configuration\\(s\\) registration missing"):
         load_plans(str(folder))
+    old = _plan(_anisotropic())
+    del old["configurations"]["segmentation"]["mirror_axes"]  # plans written before mirror axes were planned
+    save_plans(old, str(folder))
+    with pytest.raises(OsmError, match="lacks mirror_axes .*re-run osm_plan_and_preprocess"):
+        load_plans(str(folder))
 
 
 def test_planner_found_by_name():

@@ -96,3 +96,27 @@ def test_reconstruction_loss_weights_and_kl():
     mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
     assert kl_divergence(mu, logvar).item() == pytest.approx(0.0)
     assert kl_divergence(mu + 2, logvar).item() == pytest.approx(2.0)  # 0.5 * mu^2
+
+
+def test_top_k_cross_entropy_averages_the_hardest_voxels_only():
+    labels = _labels()
+    logits = torch.randn(2, 3, 6, 5, 4, generator=torch.Generator().manual_seed(3))
+    per_voxel = F.cross_entropy(logits, labels, reduction="none").flatten().sort(descending=True).values
+    k = round(0.1 * per_voxel.numel())
+    top = DiceCELoss(ce_top_fraction=0.1)
+    torch.testing.assert_close(top.cross_entropy(logits, labels), per_voxel[:k].mean())
+    torch.testing.assert_close(DiceCELoss(ce_top_fraction=1.0)(logits, labels), DiceCELoss()(logits, labels))
+    with pytest.raises(ValueError, match="ce_top_fraction"):
+        DiceCELoss(ce_top_fraction=0.0)
+
+
+def test_top_k_cross_entropy_puts_more_gradient_on_a_rare_missed_class():
+    labels = torch.zeros(1, 16, 16, 16, dtype=torch.long)
+    labels[0, 8, 8, :] = 1  # a thin line, 16 of 4096 voxels
+    def rare_gradient(loss):
+        logits = torch.zeros(1, 2, 16, 16, 16)
+        logits[:, 0] = 3.0  # everything confidently background
+        logits.requires_grad_(True)
+        loss.cross_entropy(logits, labels).backward()
+        return logits.grad[0, 1][labels[0] == 1].abs().sum()
+    assert rare_gradient(DiceCELoss(ce_top_fraction=0.1)) > 5 * rare_gradient(DiceCELoss())

@@ -17,6 +17,7 @@ from osmedseg.cli.train import main as train_main
 from osmedseg.dataset.demo import DEMO_DATASET_NAME
 from osmedseg.training.registration_stage import RegistrationStage
 from osmedseg.training.stage_trainer import FINAL, LATEST
+from osmedseg.utilities.atomic import remove_stale_temporaries
 from tests.pipeline_fixture import run_cli
 
 
@@ -148,3 +149,9 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_complete_file(tmp_pa
     assert names == [LATEST]
     state = _load(path)  # complete: either the first checkpoint or a whole second one
     assert (state["epoch"], state["weights"].numel()) in ((1, 8), (2, 32 * 1024 * 1024))
+    # the killed writer's temporary is swept by the next run; a live process's temporary is left alone
+    orphans = glob.glob(str(tmp_path / ".tmp_*"))
+    live = tmp_path / f".tmp_{os.getpid()}_x_{LATEST}"
+    live.write_bytes(b"")
+    assert orphans and sorted(remove_stale_temporaries(str(tmp_path))) == sorted(orphans)
+    assert glob.glob(str(tmp_path / ".tmp_*")) == [str(live)]

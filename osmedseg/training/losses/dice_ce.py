@@ -4,6 +4,10 @@ One deliberate difference: by default the Dice term averages only over (sample, 
 class (``skip_empty``). With per-sample Dice, an absent class scores ~0 as soon as any probability mass is predicted,
 so patches without a small structure push its probability down everywhere; on one-shot data, where thin structures
 appear in few patches, that keeps them from being learned at all. Absent classes are still trained by the CE term.
+
+``ce_top_fraction`` averages the CE only over the hardest fraction of voxels (nnU-Net's DiceTopK10 loss with 0.1):
+a thin structure of a hundred voxels then carries about ten times more of the CE gradient than in a mean over the
+whole patch, which is what lets it be learned within a CPU budget of a few hundred iterations.
 """
 from __future__ import annotations
 
@@ -45,9 +49,12 @@ class DiceCELoss(nn.Module):
         weight_dice: float = 1.0,
         weight_ce: float = 1.0,
         skip_empty: bool = True,
+        ce_top_fraction: float | None = None,
     ) -> None:
         super().__init__()
-        self.skip_empty = skip_empty
+        if ce_top_fraction is not None and not 0 < ce_top_fraction <= 1:
+            raise ValueError(f"ce_top_fraction must be in (0, 1], got {ce_top_fraction}")
+        self.skip_empty, self.ce_top_fraction = skip_empty, ce_top_fraction
         self.include_background, self.batch_dice, self.smooth = include_background, batch_dice, smooth
         self.weight_dice, self.weight_ce = weight_dice, weight_ce
 
@@ -65,7 +72,15 @@ class DiceCELoss(nn.Module):
         present = probabilities.sum(axes) > 0
         return dice[present].mean() if present.any() else dice.new_ones(())
 
+    def cross_entropy(self, logits: torch.Tensor, ce_target: torch.Tensor) -> torch.Tensor:
+        """Mean CE over all voxels, or over the ``ce_top_fraction`` of voxels with the highest CE."""
+        if self.ce_top_fraction is None:
+            return F.cross_entropy(logits.float(), ce_target)
+        per_voxel = F.cross_entropy(logits.float(), ce_target, reduction="none").flatten()
+        k = max(1, int(round(self.ce_top_fraction * per_voxel.numel())))
+        return per_voxel.topk(k, sorted=False).values.mean()
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce_target, probabilities = _target_probabilities(target, logits)
-        ce = F.cross_entropy(logits.float(), ce_target)
+        ce = self.cross_entropy(logits, ce_target)
         return self.weight_dice * (1 - self.soft_dice(logits, probabilities)) + self.weight_ce * ce

@@ -48,7 +48,7 @@ def remove_case(folder: str, case_id: str) -> None:
             os.remove(path)
 
 
-def is_complete(folder: str, case_id: str, **expected) -> bool:
+def is_complete(folder: str, case_id: str, /, **expected) -> bool:
     """True if the case was cached completely and its properties match ``expected`` (e.g. ``plans_hash=...``)."""
     npz, props = case_files(folder, case_id)
     if not (os.path.isfile(npz) and os.path.isfile(props)):

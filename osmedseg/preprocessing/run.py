@@ -30,6 +30,8 @@ def _read_case(case: Case, declared: list[int]):
 
 
 def _case_properties(role: str, case: Case, plans_hash: str) -> dict:
+    """What identifies a cached case: a cache whose properties differ in any of these is rebuilt (e.g. a volume
+    moved from imagesUnlabeled/ to imagesTs/ changes role and files)."""
     return {"case_id": case.case_id, "role": role, "image_files": case.image_files, "label_file": case.label_file,
             "plans_hash": plans_hash}
 
@@ -37,7 +39,7 @@ def _case_properties(role: str, case: Case, plans_hash: str) -> dict:
 def _segmentation_case(item: tuple[str, Case], folder: str, configuration: dict, intensity_properties: dict,
                        plans_hash: str, declared: list[int]) -> str:
     role, case = item
-    if is_complete(folder, case.case_id, plans_hash=plans_hash):
+    if is_complete(folder, case.case_id, **_case_properties(role, case, plans_hash)):
         return "cached"
     image, geometry, label = _read_case(case, declared)
     data, seg, properties = preprocess_image(image, geometry, configuration, intensity_properties, label)
@@ -48,7 +50,7 @@ def _segmentation_case(item: tuple[str, Case], folder: str, configuration: dict,
 def _registration_case(item: tuple[str, Case], folder: str, configuration: dict, intensity_properties: dict,
                        plans_hash: str, declared: list[int], atlas: Case, seed: int) -> dict:
     role, case = item
-    if not is_complete(folder, case.case_id, plans_hash=plans_hash):
+    if not is_complete(folder, case.case_id, **_case_properties(role, case, plans_hash)):
         image, geometry, label = _read_case(case, declared)
         if case.case_id == atlas.case_id:
             alignment = AlignmentResult.identity()

@@ -249,6 +249,23 @@ def test_resume_rewrites_nothing_and_recomputes_what_is_missing(planned):
     assert set(third) == set(first)
 
 
+def test_a_case_that_changes_role_is_cached_again(planned):
+    dataset, plans, out = planned
+    preprocess_dataset(dataset, plans, out, configurations=("registration",), num_processes=1, disable_pbar=True)
+    raw = os.path.dirname(os.path.dirname(dataset.unlabeled[0].image_files[0]))
+    os.rename(os.path.join(raw, "imagesUnlabeled", "u00_0000.nii.gz"), os.path.join(raw, "imagesTs", "u00_0000.nii.gz"))
+    with open(os.path.join(raw, "dataset.json")) as f:
+        info = json.load(f)
+    info.update(numUnlabeled=info["numUnlabeled"] - 1, numTest=info["numTest"] + 1)
+    with open(os.path.join(raw, "dataset.json"), "w") as f:
+        json.dump(info, f)
+    preprocess_dataset(load_raw_dataset(raw), plans, out, configurations=("registration",), num_processes=1,
+                       disable_pbar=True)
+    folder = os.path.join(out, "osmPlans_registration")
+    assert list_cached_cases(folder, "test") == ["t00", "u00"] and list_cached_cases(folder, "unlabeled") == ["u01"]
+    assert read_case(folder, "u00")[2]["image_files"] == [os.path.join(raw, "imagesTs", "u00_0000.nii.gz")]
+
+
 def test_other_plans_recompute(planned):
     dataset, plans, out = planned
     preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1, disable_pbar=True)

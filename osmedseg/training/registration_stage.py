@@ -30,7 +30,7 @@ class RegistrationStage(StageTrainer):
     default_epochs = 20
     iterations_per_epoch = 25
     defaults = {"network": "contrastive", "diffeomorphic": True, "similarity": "ncc", "lambda_smooth": 1.0,
-                "lambda_contrast": 0.01, "registration_lr": 1e-3, "appearance": False}
+                "lambda_contrast": 0.01, "registration_lr": 3e-4, "appearance": False}
 
     def __init__(self, *args, **options):
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})

@@ -107,7 +107,8 @@ def median_case_overlay(best: dict, pred_folder: str, raw: str, out_png: str) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-d", dest="dataset", default="Demo", help="dataset id or name (default Demo, created if missing)")
+    parser.add_argument("-d", dest="dataset", default="Demo",
+                        help="dataset id or name (default Demo, created if missing)")
     parser.add_argument("--reg_epochs", type=int, default=5, help="registration epochs (25 iterations each)")
     parser.add_argument("--distill_epochs", type=int, default=8, help="distillation epochs (50 iterations each)")
     parser.add_argument("--reg_lr", type=float, default=None, help="registration learning rate (default: osm_train's)")

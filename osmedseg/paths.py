@@ -40,7 +40,8 @@ def _datasets_in(roots: Iterable[str]) -> set[str]:
     found = set()
     for root in roots:
         if os.path.isdir(root):
-            found.update(d for d in os.listdir(root) if DATASET_PATTERN.match(d) and os.path.isdir(os.path.join(root, d)))
+            found.update(d for d in os.listdir(root)
+                         if DATASET_PATTERN.match(d) and os.path.isdir(os.path.join(root, d)))
     return found
 
 

@@ -15,13 +15,15 @@ from osmedseg.utilities.class_lookup import find_class
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osm_train", description=__doc__)
     add_dataset_arg(parser)
-    parser.add_argument("-tr", dest="trainer", default="OSMedSegTrainer", help="trainer class (default OSMedSegTrainer)")
+    parser.add_argument("-tr", dest="trainer", default="OSMedSegTrainer",
+                        help="trainer class (default OSMedSegTrainer)")
     parser.add_argument("-p", dest="plans", default="osmPlans", help="plans name (default osmPlans)")
     parser.add_argument("-stage", default=None, help="run only this stage (registration, synthesis, distillation)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="device (default cpu)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help="epochs per trained stage (default: the trainer's)")
-    budget.add_argument("--iters", type=int, default=None, help="total iterations per trained stage (rounded up to whole epochs)")
+    budget.add_argument("--iters", type=int, default=None,
+                        help="total iterations per trained stage (rounded up to whole epochs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (worth it on CUDA)")
     parser.add_argument("--c", dest="resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("-reuse_registration", default=None, metavar="TRAINER",
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--no_flow_interpolation", action="store_true",
                       help="on-the-fly synthesis uses full flows only (default: scaled by alpha ~ Beta(0.3, 0.3))")
     dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
-    dist.add_argument("-lr", type=float, default=None, help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
+    dist.add_argument("-lr", type=float, default=None,
+                      help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
     add_seed_arg(parser)
     add_pbar_arg(parser)
     add_folder_args(parser, "preprocessed", "results")
@@ -61,7 +64,8 @@ def stage_options(args: argparse.Namespace) -> dict:
     """Options given on the command line (None = the trainer's default)."""
     options = {"network": args.reg_network, "similarity": args.similarity, "lambda_smooth": args.lambda_smooth,
                "lambda_contrast": args.lambda_contrast, "registration_lr": args.reg_lr,
-               "diffeomorphic": False if args.no_diffeomorphic else None, "appearance": True if args.appearance else None,
+               "diffeomorphic": False if args.no_diffeomorphic else None,
+               "appearance": True if args.appearance else None,
                "lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec, "lambda_hint": args.lambda_hint,
                "hint_layers": args.hint_layers, "hint_warmup": args.hint_warmup,
                "ce_top_fraction": args.ce_top_fraction, "optimizer": args.optimizer, "lr": args.lr,
@@ -73,7 +77,8 @@ def stage_options(args: argparse.Namespace) -> dict:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    preprocessed_root, results_root = root_folder("preprocessed", args.preprocessed), root_folder("results", args.results)
+    preprocessed_root = root_folder("preprocessed", args.preprocessed)
+    results_root = root_folder("results", args.results)
     dataset_name = resolve_dataset_name(args.dataset, [preprocessed_root])
     folder = os.path.join(preprocessed_root, dataset_name)
     plans = load_plans(folder, args.plans)

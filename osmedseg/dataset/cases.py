@@ -103,7 +103,8 @@ def load_raw_dataset(folder: str) -> RawDataset:
     if not dataset.unlabeled:
         raise OsmError(f"{os.path.join(folder, 'imagesUnlabeled')}: no unlabeled images (empty or missing folder)")
     if len(dataset.atlases) != info["numTraining"]:
-        raise OsmError(f"{json_path}: numTraining is {info['numTraining']} but imagesTr holds {len(dataset.atlases)} case(s)")
+        raise OsmError(f"{json_path}: numTraining is {info['numTraining']} but imagesTr holds "
+                       f"{len(dataset.atlases)} case(s)")
     if "numUnlabeled" in info and len(dataset.unlabeled) != info["numUnlabeled"]:
         raise OsmError(f"{json_path}: numUnlabeled is {info['numUnlabeled']} but imagesUnlabeled holds "
                        f"{len(dataset.unlabeled)} case(s)")
@@ -112,6 +113,7 @@ def load_raw_dataset(folder: str) -> RawDataset:
     seen: dict[str, str] = {}
     for role, case in dataset.all_cases():
         if case.case_id in seen:
-            raise OsmError(f"{case.image_files[0]}: case {case.case_id} is listed twice ({seen[case.case_id]} and {role})")
+            raise OsmError(f"{case.image_files[0]}: case {case.case_id} is listed twice "
+                           f"({seen[case.case_id]} and {role})")
         seen[case.case_id] = role
     return dataset

@@ -20,7 +20,8 @@ def check_label_against_image(label: np.ndarray, label_geometry: Geometry, label
         raise OsmError(f"{label_path}: geometry differs from image {image_path} beyond tolerance: {problem}")
     undeclared = sorted(set(np.unique(label).tolist()) - set(declared))
     if undeclared:
-        raise OsmError(f"{label_path}: label values {undeclared} are not declared in dataset.json (declared: {declared})")
+        raise OsmError(f"{label_path}: label values {undeclared} are not declared in dataset.json "
+                       f"(declared: {declared})")
 
 
 def verify_case(case: Case, declared: list[int]) -> None:

@@ -128,7 +128,8 @@ def summarize(cases: list[dict], labels: list[int], notes: list[str]) -> dict:
     per_subject = {"mean": {m: _nanmean(v) for m, v in case_means.items()},
                    "std": {m: _nanstd(v) for m, v in case_means.items()}}
     foreground["Dice_zeros_dropped"] = per_subject["mean"]["Dice_zeros_dropped"]
-    return {"foreground_mean": foreground, "per_subject": per_subject, "mean": mean, "std": std, "metric_per_case": per_case, "labels": labels, "notes": notes}
+    return {"foreground_mean": foreground, "per_subject": per_subject, "mean": mean, "std": std,
+            "metric_per_case": per_case, "labels": labels, "notes": notes}
 
 
 def _case_foreground(metrics: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""The student predictor: preprocess with the plans, Gaussian sliding window (+ mirroring), export to native geometry."""
+"""The student predictor: preprocess with the plans, Gaussian sliding window (+ mirroring), export to the input's
+geometry."""
 from __future__ import annotations
 
 import json

@@ -26,7 +26,10 @@ def read_array(path: str, backend: str | None = None) -> tuple[np.ndarray, Geome
     ending = file_ending(path)
     if ending is None:
         raise OsmError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_ENDINGS)})")
-    order = [BACKENDS[backend]] if backend else [SimpleITKBackend] + ([NibabelBackend] if ending in NibabelBackend.endings else [])
+    if backend:
+        order = [BACKENDS[backend]]
+    else:
+        order = [SimpleITKBackend] + ([NibabelBackend] if ending in NibabelBackend.endings else [])
     errors = []
     for reader in order:
         try:

@@ -140,11 +140,13 @@ class ExperimentPlanner:
 
     def _registration_bytes(self, shape: list[int], levels: int) -> float:
         features = list(LEVEL_WIDTHS[:levels]) + [BOTTLENECK_WIDTH]  # the widths build_registration_network uses
-        total = sum(self.registration_maps_per_level * f * np.prod(shape) / 8**level for level, f in enumerate(features))
+        total = sum(self.registration_maps_per_level * f * np.prod(shape) / 8**level
+                    for level, f in enumerate(features))
         return float(total * 4 * self.registration_targets_per_step)
 
     def plan_registration(self, segmentation_spacing: list[float]) -> dict:
-        """A whole-volume grid in the atlas frame: the atlas's nonzero box plus a margin, at the finest spacing that fits.
+        """A whole-volume grid in the atlas frame: the atlas's nonzero box plus a margin, at the finest spacing that
+        fits.
 
         Starts at the segmentation spacing and coarsens by 10% steps (the finer axes first) until the network fits;
         the grid is rounded up to a multiple of ``2**levels`` and centred on the atlas's nonzero box.
@@ -200,7 +202,8 @@ class ExperimentPlanner:
             "memory_budget_device": "cuda" if self.gpu_memory_target_gb is not None else "cpu",
             "original_median_spacing": [float(v) for v in np.median(self.fingerprint["spacings"], axis=0)],
             "original_median_shape": [int(v) for v in np.median(self.fingerprint["shapes_after_crop"], axis=0)],
-            "foreground_intensity_properties_per_channel": self.fingerprint["foreground_intensity_properties_per_channel"],
+            "foreground_intensity_properties_per_channel":
+                self.fingerprint["foreground_intensity_properties_per_channel"],
             "labels": self.fingerprint["labels"],
             "channel_names": self.fingerprint["channel_names"],
             "configurations": {

@@ -16,7 +16,8 @@ def normalize_channels(data: np.ndarray, configuration: dict, intensity_properti
     """Normalise each channel with the configuration's scheme (inside the nonzero mask where planned)."""
     mask = nonzero_mask(data) if any(configuration["use_mask_for_norm"]) else None
     out = np.empty_like(data, dtype=np.float32)
-    for c, (scheme, masked) in enumerate(zip(configuration["normalization_schemes"], configuration["use_mask_for_norm"])):
+    schemes = zip(configuration["normalization_schemes"], configuration["use_mask_for_norm"])
+    for c, (scheme, masked) in enumerate(schemes):
         out[c] = normalize(data[c], scheme, mask=mask if masked else None, stats=intensity_properties.get(str(c)))
     return out
 

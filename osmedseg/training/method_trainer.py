@@ -125,7 +125,8 @@ class MethodTrainer:
         """Synthesise one labeled pair per unlabeled volume with the trained registration stage."""
         stage = self.make_stage("registration")
         if not stage.is_finished():
-            raise OsmError(f"{stage.folder}: the registration stage has not finished; run osm_train -stage registration")
+            raise OsmError(f"{stage.folder}: the registration stage has not finished; "
+                           "run osm_train -stage registration")
         if stage.world_size > 1:  # under torchrun, rank 0 synthesises and the others wait for it
             init_process_group(stage.device)
         if stage.is_main:

@@ -55,7 +55,8 @@ class PatchSampler:
         return [[int(s), int(s + p)] for s, p in zip(start, self.patch_size)]
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``{"data": (B, C, *patch) float32, "seg": (B, 1, *patch) int16}``, zero-padded where the patch leaves a volume."""
+        """``{"data": (B, C, *patch) float32, "seg": (B, 1, *patch) int16}``, zero-padded where the patch leaves
+        a volume."""
         data, seg = [], []
         n_forced = int(round(self.batch_size * self.oversample_foreground))
         for j in range(self.batch_size):

@@ -1,4 +1,5 @@
-"""Quality figures written after the registration stage: warped-atlas Dice, folding, and a sheet of synthesised pairs."""
+"""Quality figures written after the registration stage: warped-atlas Dice, folding, and a sheet of synthesised
+pairs."""
 from __future__ import annotations
 
 import os

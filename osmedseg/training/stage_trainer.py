@@ -167,7 +167,8 @@ class StageTrainer:
 
     def config(self) -> dict:
         """What this stage was run with (recorded in the run folder and in checkpoints)."""
-        return {"trainer": self.options.get("method", type(self).__name__), "stage": type(self).__name__, "epochs": self.epochs,
+        return {"trainer": self.options.get("method", type(self).__name__), "stage": type(self).__name__,
+                "epochs": self.epochs,
                 "iterations_per_epoch": self.iterations_per_epoch, "seed": self.seed, "device": str(self.device),
                 "amp": self.use_amp, **{k: v for k, v in self.options.items() if _jsonable(v)}}
 
@@ -203,7 +204,8 @@ class StageTrainer:
             self.train_modules = {k: torch.compile(m) for k, m in self.train_modules.items()}
 
     def run(self, resume: bool = False) -> None:
-        """Train all epochs (continuing from ``checkpoint_latest.pth`` if ``resume``), then write the final checkpoint."""
+        """Train all epochs (continuing from ``checkpoint_latest.pth`` if ``resume``), then write the final
+        checkpoint."""
         os.makedirs(self.folder, exist_ok=True)
         if self.is_main:
             remove_stale_temporaries(self.folder)
@@ -236,7 +238,8 @@ class StageTrainer:
                     values = self.train_step(rng)
                 except FloatingPointError:
                     raise OsmError(f"{self.folder}: loss became NaN/Inf at epoch {self.epoch + 1}, iteration "
-                                   f"{iteration + 1}; training stopped, last good checkpoint kept at {latest}") from None
+                                   f"{iteration + 1}; training stopped, last good checkpoint kept at "
+                                   f"{latest}") from None
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{values.get('loss', 0.0):.4f}")

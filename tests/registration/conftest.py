@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 
 def _smooth(shape: tuple[int, ...], channels: int, amplitude: float, seed: int) -> torch.Tensor:
-    """Random field upsampled (trilinear) from a 4^3 grid: smooth at the scale of the volume, max |value| ~ amplitude."""
+    """Random field upsampled (trilinear) from a 4^3 grid: smooth at the scale of the volume, max |value| ~
+    amplitude."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randn(1, channels, 4, 4, 4, generator=g, dtype=torch.float64)
     field = F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)

@@ -90,7 +90,8 @@ def test_nt_xent_needs_two_pairs():
 def test_registration_loss_combines_its_parts():
     g = torch.Generator().manual_seed(3)
     warped, target = torch.rand(2, 1, 8, 8, 8, generator=g), torch.rand(2, 1, 8, 8, 8, generator=g)
-    flow, z_a, z_t = torch.randn(2, 3, 8, 8, 8, generator=g), torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
+    flow = torch.randn(2, 3, 8, 8, 8, generator=g)
+    z_a, z_t = torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
     loss = RegistrationLoss(lambda_smooth=0.5, lambda_contrast=0.1)
     total, parts = loss(warped, target, flow, z_a, z_t)
     assert parts["sim"] == pytest.approx(LocalNCC(9)(warped, target).item())

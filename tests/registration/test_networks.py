@@ -69,7 +69,10 @@ def test_diffeomorphic_output_does_not_fold(net_class, head_std):
 def test_voxelmorph_learns_a_shift():
     torch.manual_seed(0)
     coords = identity_grid((12, 12, 12))
-    blob = lambda centre: torch.exp(-((coords - torch.tensor(centre).view(1, 3, 1, 1, 1)) ** 2).sum(1, keepdim=True) / 8)
+
+    def blob(centre):
+        return torch.exp(-((coords - torch.tensor(centre).view(1, 3, 1, 1, 1)) ** 2).sum(1, keepdim=True) / 8)
+
     atlas, target = blob([5.5, 5.5, 5.5]), blob([7.0, 4.5, 6.5])
     net = VoxelMorphNet(encoder=(8, 16), decoder=(16, 16, 16, 8))  # small, to keep the test fast on a CPU
     loss = RegistrationLoss(window=5, lambda_smooth=0.1)

@@ -26,6 +26,13 @@ def load_run_json(run_folder: str, name: str) -> dict:
         return json.load(f)
 
 
+def check_channel_count(image: np.ndarray, expected: int, name: str) -> None:
+    """One-line OsmError naming ``name`` if ``image`` (C, Z, Y, X) does not have the model's channel count."""
+    if image.shape[0] != expected:
+        raise OsmError(f"{name}: {image.shape[0]} channel(s) given, the model expects {expected} "
+                       f"(files <case>_0000 ... _{expected - 1:04d})")
+
+
 class Predictor:
     """Load a trained student once, then segment arrays or files.
 
@@ -55,9 +62,7 @@ class Predictor:
         self.mirror_axes = tuple(self.configuration["mirror_axes"]) if use_mirroring else None
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
-        if image.shape[0] != self.num_channels:
-            raise OsmError(f"{name}: {image.shape[0]} channel(s) given, the model expects {self.num_channels} "
-                           f"(files <case>_0000 ... _{self.num_channels - 1:04d})")
+        check_channel_count(image, self.num_channels, name)
 
     def preprocess(self, image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
         data, _, properties = preprocess_image(image, geometry, self.configuration,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from osmedseg.errors import OsmError
-from osmedseg.inference.predictor import load_run_json
+from osmedseg.inference.predictor import check_channel_count, load_run_json
 from osmedseg.io import Geometry
 from osmedseg.planning.plans import PLANS_FILE
 from osmedseg.preprocessing.affine_alignment import align_to_atlas, resample_from_atlas
@@ -46,8 +46,7 @@ class RegistrationPredictor:
             self.network.eval()
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
-        if image.shape[0] != self.num_channels:
-            raise OsmError(f"{name}: {image.shape[0]} channel(s) given, the model expects {self.num_channels}")
+        check_channel_count(image, self.num_channels, name)
 
     def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
                       ) -> tuple[np.ndarray, None]:

@@ -33,9 +33,9 @@ class DistillationStage(StageTrainer):
     baseline), ``hint_layers``, ``hint_warmup`` (fraction of the iterations over which the hint weight rises
     linearly from 0 to ``lambda_hint``, while the teacher learns to reconstruct; 0 for none), ``optimizer``
     ('sgd' with nnU-Net's poly schedule, or 'adam'), ``lr``, ``ce_top_fraction`` (CE over the hardest 10% of
-    voxels, nnU-Net's DiceTopK10; 1 for plain CE),
-    ``oversample_foreground``, ``validation_fraction``, ``synthesis`` ('offline': the cached pairs, OS-MedSeg's
-    default; 'on_the_fly': also replace ``refresh_fraction`` of the synthesised pool with new random pairs each epoch).
+    voxels, nnU-Net's DiceTopK10; 1 for plain CE), ``oversample_foreground``, ``validation_fraction``,
+    ``synthesis`` ('offline': the cached pairs, OS-MedSeg's default; 'on_the_fly': also replace
+    ``refresh_fraction`` of the synthesised pool with new random pairs each epoch).
     """
 
     stage_name = "distillation"

@@ -8,6 +8,7 @@ from osmedseg.cli.common import add_dataset_arg, add_folder_args, add_pbar_arg, 
 from osmedseg.dataset.dataset_json import load_dataset_json_file
 from osmedseg.paths import resolve_dataset_name, root_folder
 from osmedseg.planning.plans import load_plans
+from osmedseg.training.distillation_stage import check_options as check_distillation_options
 from osmedseg.training.method_trainer import MethodTrainer
 from osmedseg.utilities.class_lookup import find_class
 
@@ -77,6 +78,8 @@ def stage_options(args: argparse.Namespace) -> dict:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    options = stage_options(args)
+    check_distillation_options(options)
     preprocessed_root = root_folder("preprocessed", args.preprocessed)
     results_root = root_folder("results", args.results)
     dataset_name = resolve_dataset_name(args.dataset, [preprocessed_root])
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     plans = load_plans(folder, args.plans)
     trainer_class = find_class("osmedseg.training.trainers", args.trainer, MethodTrainer)
     trainer = trainer_class(plans, load_dataset_json_file(os.path.join(folder, "dataset.json")), folder, results_root,
-                            args.device, args.epochs, args.iters, args.seed, args.no_pbar, stage_options(args))
+                            args.device, args.epochs, args.iters, args.seed, args.no_pbar, options)
     trainer.run(args.stage, args.resume, args.reuse_registration)
 
 

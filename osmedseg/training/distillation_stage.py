@@ -47,6 +47,7 @@ class DistillationStage(StageTrainer):
                 "refresh_fraction": 0.5}
 
     def __init__(self, *args, synthesis_folder: str, synthesizer=None, **options):
+        check_options(options)
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
         self.synthesis_folder = synthesis_folder
         self.synthesizer = synthesizer  # an OnTheFlySynthesizer when options["synthesis"] == "on_the_fly"
@@ -172,6 +173,15 @@ class DistillationStage(StageTrainer):
                            "hint_layers": self.modules["student"].hint_layers, "trainer": self.options.get("method"),
                            "epoch": self.epoch}, path)
         return path
+
+
+def check_options(options: dict) -> None:
+    """One-line OsmError for a distillation option out of range (before any file is written)."""
+    top, warmup = options.get("ce_top_fraction"), options.get("hint_warmup")
+    if top is not None and not 0 < top <= 1:
+        raise OsmError(f"-ce_top_fraction must be in (0, 1], got {top}")
+    if warmup is not None and not 0 <= warmup <= 1:
+        raise OsmError(f"-hint_warmup must be in [0, 1], got {warmup}")
 
 
 def _training_sample(triplet: dict) -> dict[str, np.ndarray]:

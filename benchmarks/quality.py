@@ -1,6 +1,6 @@
 """Quality benchmark: run the public CLI end to end on a raw dataset and print one table of methods.
 
-Rows: affine-only atlas copy, registration baseline, student without hint, student with hint (and any further
+Rows: the atlas label copied unchanged (no registration), affine-only atlas copy, registration baseline, student without hint, student with hint (and any further
 trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
 minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the median test
 case of the best method into --out.
@@ -60,6 +60,25 @@ def evaluate(ref: str, pred: str, dataset_json: str) -> dict:
     run(["osm_evaluate", "-ref", ref, "-pred", pred, "-djfile", dataset_json, "-o", summary])
     with open(summary) as f:
         return json.load(f)
+
+
+def copy_atlas_label(raw: str, out: str) -> float:
+    """The ``copy the atlas label`` floor: the atlas label resampled, unchanged, into each test image's grid
+    (physical coordinates, no registration). Returns the seconds taken."""
+    import SimpleITK as sitk
+
+    start = time.time()
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(raw, "dataset.json")) as f:
+        ending = json.load(f)["file_ending"]
+    atlas_label = sitk.ReadImage(os.path.join(raw, "labelsTr", sorted(os.listdir(os.path.join(raw, "labelsTr")))[0]))
+    for name in sorted(os.listdir(os.path.join(raw, "imagesTs"))):
+        if not name.endswith("_0000" + ending):
+            continue
+        image = sitk.ReadImage(os.path.join(raw, "imagesTs", name))
+        copied = sitk.Resample(atlas_label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        sitk.WriteImage(copied, os.path.join(out, name.replace("_0000" + ending, ending)))
+    return time.time() - start
 
 
 def row(name: str, summary: dict, train_minutes: float | None, predict_seconds: float, n_cases: int) -> dict:
@@ -138,10 +157,12 @@ def main() -> None:
     train_seconds = {trainer: run(["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
                                    "--epochs", str(args.distill_epochs)]) for _, trainer in students}
 
+    copy_seconds = copy_atlas_label(raw, os.path.join(out, "copy"))
+    rows = [row("copy the atlas label", evaluate(labels, os.path.join(out, "copy"), dataset_json), None,
+                copy_seconds, n_cases)]
     methods = [("affine-only atlas copy", "affine", ["-method", "affine"]),
                ("registration baseline", "registration", ["-method", "registration"])]
     methods += [(label, trainer, ["-tr", trainer]) for label, trainer in students]
-    rows = []
     for label, folder, flags in methods:
         seconds = run(["osm_predict", "-i", images, "-o", os.path.join(out, folder), *common, *flags])
         train_minutes = None if folder == "affine" else (registration_seconds + train_seconds.get(folder, 0.0)) / 60
@@ -150,7 +171,7 @@ def main() -> None:
 
     table = markdown(rows, label_names)
     best = max(rows, key=lambda r: r["dice_mean"])
-    best_folder = {label: folder for label, folder, _ in methods}[best["method"]]
+    best_folder = {"copy the atlas label": "copy", **{label: folder for label, folder, _ in methods}}[best["method"]]
     median_case_overlay(best, os.path.join(out, best_folder), raw, os.path.join(out, "median_case_best_method.png"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}"
     budget = (f"registration {args.reg_epochs} x 25 iterations" + (f" (lr {args.reg_lr})" if args.reg_lr else "")

@@ -99,12 +99,12 @@ def build_trained_demo(root: str) -> dict:
 
 
 def build_small_demo(root: str, n_unlabeled: int = 3, n_test: int = 0) -> dict:
-    """A demo planned at 3 x 4 x 4 mm (registration grid 20 x 16 x 16), registration cache only."""
+    """A demo planned at 3 x 4 x 4 mm (registration grid 20 x 16 x 16), both caches."""
     from osmedseg.cli.plan_and_preprocess import main as plan_main
 
     raw, preprocessed = os.path.join(root, "raw"), os.path.join(root, "preprocessed")
     create_demo_dataset(raw, seed=0, n_unlabeled=n_unlabeled, n_test=n_test)
-    checked(plan_main, ["-d", "Demo", "-np", "1", "--no_pbar", "-c", "registration", "-overwrite_target_spacing",
+    checked(plan_main, ["-d", "Demo", "-np", "1", "--no_pbar", "-overwrite_target_spacing",
                         "3", "4", "4", "--raw", raw, "--preprocessed", preprocessed])
     return {"raw": os.path.join(raw, DEMO_DATASET_NAME), "preprocessed": preprocessed,
             "dataset": os.path.join(preprocessed, DEMO_DATASET_NAME)}

@@ -17,8 +17,9 @@ import torch
 from tests.pipeline_fixture import DISTILLATION_ITERS, REGISTRATION_ITERS
 
 # Floors, and what was measured on the reduced schedule (training seeds 12345 / 1 / 2, the demo's seed 0):
-# registration vs affine-only mean Dice, in the atlas grid (quality.json) +0.025 / +0.025 / +0.051 and on the
-# predictions in native geometry +0.023 / +0.022 / +0.046; folding 0 % of voxels on every seed.
+# registration vs affine-only mean Dice on the predictions in native geometry +0.023 / +0.022 / +0.046 (before the
+# one-route redesign); folding 0 % of voxels on every seed. quality.json is label-free: the warped atlas's local NCC
+# with the unlabeled volumes must beat the affinely aligned atlas's.
 REGISTRATION_MARGIN = 0.01
 # Mean foreground Dice of the students on the two test cases: with hint 0.46 / 0.45 / 0.52, without 0.44 / 0.52 /
 # 0.58. The small structures (ventricles, vessel, nucleus) are mostly still missed after 100 iterations.
@@ -50,8 +51,8 @@ def _is_png(path: str) -> bool:
 
 def test_registration_beats_affine_without_folding(trained_demo):
     quality = _json(trained_demo["run_folder"], "registration", "quality.json")
-    assert [c["case_id"] for c in quality["test_cases"]] == list(TEST_CASES)
-    assert quality["warped_atlas_dice_mean"] > quality["affine_only_dice_mean"] + REGISTRATION_MARGIN, quality
+    assert [c["case_id"] for c in quality["cases"]] == list(UNLABELED)  # no test case is read in training
+    assert quality["learned_beats_affine"] and quality["similarity_learned_mean"] > quality["similarity_affine_mean"]
     assert quality["folding_percent_max"] < 1.0 and quality["folding_percent_mean"] < 1.0
     summaries = trained_demo["summaries"]
     assert _dice(summaries["registration"]) > _dice(summaries["affine"]) + REGISTRATION_MARGIN, \
@@ -86,7 +87,7 @@ def test_registration_run_folder(trained_demo):
         set(os.listdir(run))
     stage = os.path.join(run, "registration")
     assert {"config.json", "checkpoint_latest.pth", "checkpoint_final.pth", "training_log.txt", "history.json",
-            "progress.png", "quality.json", "synthesized_pairs.png", "atlas_grid.npz", "synthesis"} <= \
+            "progress.png", "quality.json", "synthesized_pairs.png", "atlas.npz", "synthesis"} <= \
         set(os.listdir(stage))
     epochs = REGISTRATION_ITERS // 25
     assert _epoch_lines(stage) == [f"{e}/{epochs}" for e in range(1, epochs + 1)]

@@ -8,7 +8,7 @@ from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli
 from osmedseg.dataset.locate import locate_raw_dataset
 from osmedseg.paths import root_folder
 from osmedseg.planning.plan_and_preprocess import plan_and_preprocess
-from osmedseg.planning.plans import CONFIGURATIONS
+from osmedseg.planning.plans import Plans
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +20,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="plan for a CUDA GPU with this many GB (default: plan for CPU training)")
     parser.add_argument("-overwrite_target_spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="use this spacing (array order z y x, mm) instead of the planned one")
-    parser.add_argument("-c", dest="configurations", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS,
-                        help="configurations to preprocess (default: both)")
     parser.add_argument("-np", dest="num_processes", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--verify_dataset_integrity", action="store_true",
                         help="read every image and label and check them before planning")
@@ -32,18 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def summarize(plans: dict) -> str:
+def summarize(plans: Plans) -> str:
     """A few readable lines about what the planner chose."""
-    reg, seg = plans["configurations"]["registration"], plans["configurations"]["segmentation"]
+    reg, seg = plans.registration, plans.segmentation
     return "\n".join([
-        f"{plans['dataset_name']}: planned for {plans['memory_budget_device']} "
-        f"({plans['memory_budget_gb']} GB activation budget)",
-        f"  registration: grid {reg['shape']} at spacing {[round(s, 3) for s in reg['spacing']]} mm, "
-        f"{reg['levels']} levels",
-        f"  segmentation: spacing {[round(s, 3) for s in seg['spacing']]} mm, patch {seg['patch_size']}, batch "
-        f"{seg['batch_size']}, {len(seg['architecture']['strides'])} stages, features "
-        f"{seg['architecture']['features_per_stage']}",
-        f"  normalization: {json.dumps(seg['normalization_schemes'])} mask {seg['use_mask_for_norm']}",
+        f"{plans.dataset_name}: planned for {plans.raw['memory_budget_device']} "
+        f"({plans.raw['memory_budget_gb']} GB activation budget)",
+        f"  registration: grid {reg.shape} at spacing {[round(s, 3) for s in reg.spacing]} mm, "
+        f"{reg.levels} levels",
+        f"  segmentation: spacing {[round(s, 3) for s in seg.spacing]} mm, patch {seg.patch_size}, batch "
+        f"{seg.batch_size}, {len(seg.architecture['strides'])} stages, features "
+        f"{seg.architecture['features_per_stage']}",
+        f"  normalization: {json.dumps(seg.normalization_schemes)} mask {seg.use_mask_for_norm}",
     ])
 
 
@@ -54,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.datasets:
         folder = locate_raw_dataset(spec, raw_root)
         plans = plan_and_preprocess(folder, preprocessed_root, args.planner, args.gpu_memory_target,
-                                    args.overwrite_target_spacing, tuple(args.configurations), args.num_processes,
+                                    args.overwrite_target_spacing, args.num_processes,
                                     args.verify_dataset_integrity, not args.no_pp, args.seed, args.no_pbar)
         print(summarize(plans))
-        print(f"  written to {preprocessed_root}/{plans['dataset_name']}")
+        print(f"  written to {preprocessed_root}/{plans.dataset_name}")

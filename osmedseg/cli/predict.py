@@ -6,11 +6,11 @@ import os
 
 from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
 from osmedseg.errors import OsmError
-from osmedseg.inference.predictor import Predictor, load_run_json
+from osmedseg.inference.predictor import Predictor
 from osmedseg.inference.registration_predictor import RegistrationPredictor
 from osmedseg.inference.run_prediction import predict_folder
 from osmedseg.paths import resolve_dataset_name, root_folder
-from osmedseg.training.method_trainer import run_folder_path
+from osmedseg.run_folder import DATASET_JSON, RunFolder
 from osmedseg.utilities.atomic import save_json_atomic
 
 METHODS = ("student", "registration", "affine")
@@ -48,20 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def model_folder(args: argparse.Namespace) -> str:
+def model_folder(args: argparse.Namespace) -> RunFolder:
     if args.model_folder:
-        return args.model_folder
+        return RunFolder(args.model_folder)
     results = root_folder("results", args.results)
     dataset = resolve_dataset_name(args.dataset, [results])
-    return run_folder_path(results, dataset, args.trainer, args.plans)
+    return RunFolder.for_trainer(results, dataset, args.trainer, args.plans)
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    folder = model_folder(args)
-    if not os.path.isdir(folder):
-        raise OsmError(f"{folder}: model folder not found; train it with osm_train (or check -tr/-p/-m)")
+    run = model_folder(args)
+    run.require()
     if not 0 < args.step_size <= 1:
         raise OsmError(f"-step_size must be in (0, 1], got {args.step_size}")
     if args.tile_batch_size < 1:
@@ -69,11 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.save_probabilities and args.method != "student":
         raise OsmError("--save_probabilities is only available for -method student")
     if args.method == "student":
-        predictor = Predictor(folder, args.checkpoint, args.device, args.step_size, args.tile_batch_size,
+        predictor = Predictor(run, args.checkpoint, args.device, args.step_size, args.tile_batch_size,
                               not args.disable_tta)
     else:
-        predictor = RegistrationPredictor(folder, args.method == "registration", args.device, args.seed)
-    dataset_json = load_run_json(folder, "dataset.json")
+        predictor = RegistrationPredictor(run, args.method == "registration", args.device, args.seed)
+    dataset_json = run.load_json(DATASET_JSON)
     written = predict_folder(predictor, args.input, args.output, dataset_json["file_ending"],
                              len(dataset_json["channel_names"]), args.num_parts, args.part_id,
                              args.continue_prediction, args.save_probabilities, args.npp, args.nps, args.no_pbar)

@@ -8,6 +8,7 @@ from osmedseg.cli.common import add_dataset_arg, add_folder_args, add_pbar_arg, 
 from osmedseg.dataset.dataset_json import load_dataset_json_file
 from osmedseg.paths import resolve_dataset_name, root_folder
 from osmedseg.planning.plans import load_plans
+from osmedseg.synthesis.appearance_transfer import APPEARANCE_TRANSFERS
 from osmedseg.training.distillation_stage import check_options as check_distillation_options
 from osmedseg.training.method_trainer import MethodTrainer
 from osmedseg.utilities.class_lookup import find_class
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-lambda_contrast", type=float, default=None)
     reg.add_argument("-reg_lr", type=float, default=None, help="registration learning rate")
     reg.add_argument("--appearance", action="store_true", help="also learn the appearance model (METHODS 2.2)")
+    syn = parser.add_argument_group("synthesis stage")
+    syn.add_argument("-appearance_transfer", choices=APPEARANCE_TRANSFERS, default=None,
+                     help="give each synthesised image its real target's appearance: histogram (default) or none")
     dist = parser.add_argument_group("distillation stage")
     dist.add_argument("-lambda_seg", type=float, default=None, help="segmentation loss weight (default 1)")
     dist.add_argument("-lambda_rec", type=float, default=None, help="teacher reconstruction loss weight (default 1)")
@@ -52,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "each epoch from random spatial/appearance targets")
     dist.add_argument("--no_flow_interpolation", action="store_true",
                       help="on-the-fly synthesis uses full flows only (default: scaled by alpha ~ Beta(0.3, 0.3))")
+    dist.add_argument("-real_fraction", type=float, default=None,
+                      help="probability that a training sample shows the student the real unlabeled image with its "
+                           "registration pseudo-label instead of the synthesised image (default 0.5; 0 = synthesised "
+                           "only)")
     dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
     dist.add_argument("-lr", type=float, default=None,
                       help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
@@ -61,25 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def stage_options(args: argparse.Namespace) -> dict:
-    """Options given on the command line (None = the trainer's default)."""
-    options = {"network": args.reg_network, "similarity": args.similarity, "lambda_smooth": args.lambda_smooth,
-               "lambda_contrast": args.lambda_contrast, "registration_lr": args.reg_lr,
-               "diffeomorphic": False if args.no_diffeomorphic else None,
-               "appearance": True if args.appearance else None,
-               "lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec, "lambda_hint": args.lambda_hint,
-               "hint_layers": args.hint_layers, "hint_warmup": args.hint_warmup,
-               "ce_top_fraction": args.ce_top_fraction, "optimizer": args.optimizer, "lr": args.lr,
-               "synthesis": args.synthesis, "compile": True if args.compile else None,
-               "interpolate_flows": False if args.no_flow_interpolation else None}
-    return {k: v for k, v in options.items() if v is not None}
+def stage_options(args: argparse.Namespace) -> dict[str, dict]:
+    """Options given on the command line, per stage (absent = the trainer's default)."""
+    compile_flag = True if args.compile else None
+    options = {
+        "registration": {"network": args.reg_network, "similarity": args.similarity,
+                         "lambda_smooth": args.lambda_smooth, "lambda_contrast": args.lambda_contrast,
+                         "registration_lr": args.reg_lr, "diffeomorphic": False if args.no_diffeomorphic else None,
+                         "appearance": True if args.appearance else None, "compile": compile_flag},
+        "synthesis": {"appearance_transfer": args.appearance_transfer},
+        "distillation": {"lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec,
+                         "lambda_hint": args.lambda_hint, "hint_layers": args.hint_layers,
+                         "hint_warmup": args.hint_warmup, "ce_top_fraction": args.ce_top_fraction,
+                         "real_fraction": args.real_fraction, "optimizer": args.optimizer, "lr": args.lr,
+                         "synthesis": args.synthesis, "compile": compile_flag,
+                         "interpolate_flows": False if args.no_flow_interpolation else None},
+    }
+    return {stage: {k: v for k, v in values.items() if v is not None} for stage, values in options.items()}
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     options = stage_options(args)
-    check_distillation_options(options)
+    check_distillation_options(options["distillation"])
     preprocessed_root = root_folder("preprocessed", args.preprocessed)
     results_root = root_folder("results", args.results)
     dataset_name = resolve_dataset_name(args.dataset, [preprocessed_root])

@@ -45,6 +45,10 @@ class RawDataset:
     def num_channels(self) -> int:
         return len(self.info["channel_names"])
 
+    def training_cases(self) -> list[tuple[str, Case]]:
+        """(role, case) for the atlases and the unlabeled volumes: all that planning and training may read."""
+        return [("atlas", c) for c in self.atlases] + [("unlabeled", c) for c in self.unlabeled]
+
     def all_cases(self) -> list[tuple[str, Case]]:
         """(role, case) for every case, atlases first."""
         return [("atlas", c) for c in self.atlases] + [("unlabeled", c) for c in self.unlabeled] + \

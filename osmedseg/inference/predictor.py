@@ -2,7 +2,6 @@
 geometry."""
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -11,19 +10,12 @@ import torch
 from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, write_label
 from osmedseg.networks.unet import build_network
-from osmedseg.planning.plans import PLANS_FILE, check_plans
+from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, revert_probabilities,
                                                               revert_segmentation)
 from osmedseg.inference.sliding_window import predict_sliding_window
-from osmedseg.training.stage_trainer import resolve_device
-
-
-def load_run_json(run_folder: str, name: str) -> dict:
-    path = os.path.join(run_folder, name)
-    if not os.path.isfile(path):
-        raise OsmError(f"{path}: missing; is {run_folder} a trained osmedseg model folder?")
-    with open(path) as f:
-        return json.load(f)
+from osmedseg.run_folder import DATASET_JSON, RunFolder
+from osmedseg.utilities.device import resolve_device
 
 
 def check_channel_count(image: np.ndarray, expected: int, name: str) -> None:
@@ -38,17 +30,16 @@ class Predictor:
 
     Example::
 
-        predictor = Predictor(run_folder, device="cuda")
+        predictor = Predictor(RunFolder(path), device="cuda")
         segmentation = predictor.predict_array(image, geometry)   # image (C, Z, Y, X), result in the same grid
     """
 
-    def __init__(self, run_folder: str, checkpoint: str = "student_final.pth", device: str = "cpu",
+    def __init__(self, run: RunFolder, checkpoint: str = "student_final.pth", device: str = "cpu",
                  step_size: float = 0.5, tile_batch_size: int = 4, use_mirroring: bool = True):
-        self.plans = load_run_json(run_folder, PLANS_FILE)
-        check_plans(self.plans, os.path.join(run_folder, PLANS_FILE))
-        self.dataset_json = load_run_json(run_folder, "dataset.json")
-        self.configuration = self.plans["configurations"]["segmentation"]
-        path = os.path.join(run_folder, "distillation", checkpoint)
+        self.plans = Plans.load(run.file(PLANS_FILE))
+        self.dataset_json = run.load_json(DATASET_JSON)
+        self.configuration = self.plans.segmentation
+        path = run.student(checkpoint)
         if not os.path.isfile(path):
             raise OsmError(f"{path}: checkpoint not found; train first (osm_train) or pick another with -chk")
         self.device = resolve_device(device)
@@ -59,20 +50,20 @@ class Predictor:
         self.network.load_state_dict(state["state_dict"])
         self.network.eval()
         self.step_size, self.tile_batch_size = step_size, tile_batch_size
-        self.mirror_axes = tuple(self.configuration["mirror_axes"]) if use_mirroring else None
+        self.mirror_axes = tuple(self.configuration.mirror_axes) if use_mirroring else None
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         check_channel_count(image, self.num_channels, name)
 
     def preprocess(self, image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
-        data, _, properties = preprocess_image(image, geometry, self.configuration,
-                                               self.plans["foreground_intensity_properties_per_channel"])
+        """The student's one route (the same function as the training cache)."""
+        data, _, properties = preprocess_image(image, geometry, self.configuration, self.plans.intensity_properties)
         return data, properties
 
     def predict_logits(self, data: np.ndarray) -> torch.Tensor:
         """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume."""
         return predict_sliding_window(lambda x: self.network(x)["out"], torch.from_numpy(data),
-                                      self.configuration["patch_size"], self.num_classes, self.step_size,
+                                      self.configuration.patch_size, self.num_classes, self.step_size,
                                       self.tile_batch_size, mirror_axes=self.mirror_axes, device=self.device)
 
     def export(self, logits: torch.Tensor, properties: dict, with_probabilities: bool = False

@@ -54,6 +54,12 @@ class Geometry:
         m[:3, 3] = self.origin
         return m
 
+    def array_index_to_physical_matrix(self) -> np.ndarray:
+        """4x4 matrix mapping an array index (z, y, x, 1) to LPS physical coordinates."""
+        m = self.index_to_physical_matrix()
+        m[:3, :3] = m[:3, :3][:, ::-1]
+        return m
+
     def mismatch(self, other: "Geometry", spacing_rtol: float = 1e-3, origin_atol: float = 1e-3,
                  direction_atol: float = 1e-3) -> str | None:
         """Describe how ``other`` differs beyond tolerance (origin tolerance in mm), or ``None`` if it matches."""

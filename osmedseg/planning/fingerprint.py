@@ -1,4 +1,7 @@
-"""Dataset fingerprint: spacings, shapes and intensity statistics of the atlas and all unlabeled/test volumes."""
+"""Dataset fingerprint: spacings, shapes and intensity statistics of the atlas and the unlabeled volumes.
+
+Test cases are not read: nothing a model is planned or trained with may depend on them.
+"""
 from __future__ import annotations
 
 import os
@@ -37,12 +40,10 @@ def _case_fingerprint(item: tuple[str, Case], declared: list[int], seed: int) ->
     role, case = item
     image, geometry = read_image(case.image_files)
     label = None
-    if case.label_file:  # test labels too: a bad one must stop the run before anything is written
+    if case.label_file:  # the atlas's: a bad one must stop the run before anything is written
         label, label_geometry = read_label(case.label_file)
         check_label_against_image(label, label_geometry, case.label_file, image.shape[1:], geometry,
                                   case.image_files[0], declared)
-        if role != "atlas":  # only the atlas's label enters the statistics
-            label = None
     cropped, cropped_label, bbox = crop_to_nonzero(image, label[None] if label is not None else None,
                                                    mark_outside=False)
     rng = np.random.default_rng([seed, sum(map(ord, case.case_id))])
@@ -64,8 +65,8 @@ def _case_fingerprint(item: tuple[str, Case], declared: list[int], seed: int) ->
 
 def extract_fingerprint(dataset: RawDataset, num_processes: int = 1, seed: int = 1234,
                         disable_pbar: bool = False) -> dict:
-    """Fingerprint every case of ``dataset`` (atlases, unlabeled and test images)."""
-    per_case = map_cases(_case_fingerprint, dataset.all_cases(), num_processes, "fingerprint", disable_pbar,
+    """Fingerprint the atlases and the unlabeled images of ``dataset``."""
+    per_case = map_cases(_case_fingerprint, dataset.training_cases(), num_processes, "fingerprint", disable_pbar,
                          declared=label_values(dataset.info), seed=seed)
     n_channels = dataset.num_channels
     foreground = {str(c): intensity_statistics(np.concatenate([p["foreground_samples"][c] for p in per_case

@@ -8,7 +8,7 @@ from osmedseg.dataset.cases import load_raw_dataset
 from osmedseg.dataset.integrity import verify_dataset_integrity
 from osmedseg.planning.fingerprint import extract_fingerprint, save_fingerprint
 from osmedseg.planning.planner import ExperimentPlanner
-from osmedseg.planning.plans import save_plans
+from osmedseg.planning.plans import Plans, save_plans
 from osmedseg.preprocessing.run import preprocess_dataset
 from osmedseg.utilities.atomic import atomic_path
 from osmedseg.utilities.class_lookup import find_class
@@ -16,10 +16,12 @@ from osmedseg.utilities.class_lookup import find_class
 
 def plan_and_preprocess(raw_dataset_folder: str, preprocessed_root: str, planner_name: str = "ExperimentPlanner",
                         gpu_memory_target_gb: float | None = None, overwrite_target_spacing: list[float] | None = None,
-                        configurations: tuple[str, ...] = ("registration", "segmentation"), num_processes: int = 2,
-                        verify_integrity: bool = False, preprocess: bool = True, seed: int = 12345,
-                        disable_pbar: bool = False) -> dict:
-    """Run every step for one dataset and return the plans; outputs go to ``preprocessed_root/<dataset>/``."""
+                        num_processes: int = 2, verify_integrity: bool = False, preprocess: bool = True,
+                        seed: int = 12345, disable_pbar: bool = False) -> Plans:
+    """Run every step for one dataset and return the plans; outputs go to ``preprocessed_root/<dataset>/``.
+
+    Only the atlas and the unlabeled volumes are read (test cases stay out of planning and training).
+    """
     planner_class = find_class("osmedseg.planning", planner_name, ExperimentPlanner)  # a typo fails before any work
     dataset = load_raw_dataset(raw_dataset_folder)
     if verify_integrity:
@@ -30,9 +32,10 @@ def plan_and_preprocess(raw_dataset_folder: str, preprocessed_root: str, planner
     save_fingerprint(fingerprint, out)
     plans = planner_class(fingerprint, gpu_memory_target_gb, overwrite_target_spacing).plan()
     plans["seed"] = seed
-    save_plans(plans, out)
+    path = save_plans(plans, out)
     with atomic_path(os.path.join(out, "dataset.json")) as tmp:
         shutil.copyfile(os.path.join(raw_dataset_folder, "dataset.json"), tmp)
+    typed = Plans.load(path)
     if preprocess:
-        preprocess_dataset(dataset, plans, out, configurations, num_processes, seed, disable_pbar)
-    return plans
+        preprocess_dataset(dataset, typed, out, num_processes, seed, disable_pbar)
+    return typed

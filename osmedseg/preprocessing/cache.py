@@ -30,10 +30,12 @@ def case_files(folder: str, case_id: str) -> tuple[str, str]:
     return os.path.join(folder, f"{case_id}.npz"), os.path.join(folder, f"{case_id}.json")
 
 
-def write_case(folder: str, case_id: str, data: np.ndarray, seg: np.ndarray | None, properties: dict) -> None:
-    """Write one case atomically: arrays first, properties (the completion marker) last."""
+def write_case(folder: str, case_id: str, data: np.ndarray, seg: np.ndarray | None, properties: dict,
+               **extra: np.ndarray) -> None:
+    """Write one case atomically: arrays first, properties (the completion marker) last; ``extra`` arrays are
+    stored as they are (e.g. a field-of-view mask)."""
     npz, props = case_files(folder, case_id)
-    arrays = {"data": data.astype(np.float32, copy=False)}
+    arrays = {"data": data.astype(np.float32, copy=False), **extra}
     if seg is not None:
         arrays["seg"] = seg.astype(np.int16 if seg.max(initial=0) > 127 else np.int8, copy=False)
     save_npz_atomic(npz, **arrays)
@@ -72,6 +74,15 @@ def read_case(folder: str, case_id: str) -> tuple[np.ndarray, np.ndarray | None,
     npz, _ = case_files(folder, case_id)
     with np.load(npz) as arrays:
         return arrays["data"], (arrays["seg"] if "seg" in arrays else None), properties
+
+
+def read_array(folder: str, case_id: str, name: str) -> np.ndarray:
+    """One named array of a cached case (e.g. ``field_of_view``)."""
+    npz, _ = case_files(folder, case_id)
+    with np.load(npz) as arrays:
+        if name not in arrays:
+            raise OsmError(f"{npz}: no array {name!r}; re-run osm_plan_and_preprocess")
+        return arrays[name]
 
 
 def list_cached_cases(folder: str, role: str | None = None) -> list[str]:

@@ -1,28 +1,41 @@
-"""Preprocessing for the ``segmentation`` configuration (and for prediction): crop, normalise, resample.
+"""The one preprocessing route of the student: crop, normalise, resample, in the volume's own frame.
 
-Each step records what it did in the properties, so that ``revert_segmentation`` maps a result back exactly.
+Training triplets (the real unlabeled images, and the atlas warped into their frames) and prediction inputs pass
+through ``preprocess_image``; each step records what it did in the properties, so that ``revert_segmentation`` maps a
+result back exactly and ``preprocessed_frame`` tells where every preprocessed voxel lies in physical space.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from osmedseg.io import Geometry
+from osmedseg.planning.plans import Configuration
 from osmedseg.preprocessing.cropping import crop_to_nonzero, nonzero_mask, uncrop
 from osmedseg.preprocessing.normalization import normalize
 from osmedseg.preprocessing.resampling import compute_new_shape, resample_data, resample_probabilities, resample_seg
 
 
-def normalize_channels(data: np.ndarray, configuration: dict, intensity_properties: dict) -> np.ndarray:
-    """Normalise each channel with the configuration's scheme (inside the nonzero mask where planned)."""
-    mask = nonzero_mask(data) if any(configuration["use_mask_for_norm"]) else None
+def normalize_channels(data: np.ndarray, configuration: Configuration, intensity_properties: dict,
+                       field_of_view: np.ndarray | None = None) -> np.ndarray:
+    """Normalise each channel with the configuration's scheme (inside the nonzero mask where planned).
+
+    ``field_of_view`` (for volumes resampled into another grid) replaces the mask for every channel, so padding
+    never enters the statistics, and sets everything outside it to 0.
+    """
     out = np.empty_like(data, dtype=np.float32)
-    schemes = zip(configuration["normalization_schemes"], configuration["use_mask_for_norm"])
+    schemes = zip(configuration.normalization_schemes, configuration.use_mask_for_norm)
+    if field_of_view is not None:
+        for c, (scheme, _) in enumerate(schemes):
+            out[c] = normalize(data[c], scheme, mask=field_of_view, stats=intensity_properties.get(str(c)))
+            out[c][~field_of_view] = 0
+        return out
+    mask = nonzero_mask(data) if any(configuration.use_mask_for_norm) else None
     for c, (scheme, masked) in enumerate(schemes):
         out[c] = normalize(data[c], scheme, mask=mask if masked else None, stats=intensity_properties.get(str(c)))
     return out
 
 
-def preprocess_image(image: np.ndarray, geometry: Geometry, configuration: dict, intensity_properties: dict,
+def preprocess_image(image: np.ndarray, geometry: Geometry, configuration: Configuration, intensity_properties: dict,
                      label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Crop to nonzero, normalise and resample one case to the configuration's spacing.
 
@@ -31,7 +44,7 @@ def preprocess_image(image: np.ndarray, geometry: Geometry, configuration: dict,
     cropped, cropped_seg, bbox = crop_to_nonzero(image, label[None] if label is not None else None,
                                                  mark_outside=False)
     normalized = normalize_channels(cropped, configuration, intensity_properties)
-    target_spacing = configuration["spacing"]
+    target_spacing = configuration.spacing
     new_shape = compute_new_shape(cropped.shape[1:], geometry.spacing, target_spacing)
     data = resample_data(normalized, geometry.spacing, target_spacing, new_shape=new_shape)
     seg = resample_seg(cropped_seg[0], geometry.spacing, target_spacing, new_shape=new_shape) \
@@ -45,6 +58,19 @@ def preprocess_image(image: np.ndarray, geometry: Geometry, configuration: dict,
         "shape_after_resampling": list(data.shape[1:]),
     }
     return data, seg, properties
+
+
+def preprocessed_frame(properties: dict) -> np.ndarray:
+    """4x4 matrix mapping a preprocessed array index (z, y, x, 1) to LPS physical coordinates.
+
+    Resampling follows skimage's convention (output voxel ``i`` samples input position
+    ``(i + 0.5) * n_in / n_out - 0.5``), then the crop offset and the original geometry apply.
+    """
+    scale = np.asarray(properties["shape_after_cropping"], float) / np.asarray(properties["shape_after_resampling"])
+    to_cropped = np.eye(4)
+    to_cropped[:3, :3] = np.diag(scale)
+    to_cropped[:3, 3] = scale / 2 - 0.5 + np.asarray([a for a, _ in properties["bbox_used_for_cropping"]])
+    return Geometry.from_dict(properties["geometry"]).array_index_to_physical_matrix() @ to_cropped
 
 
 def revert_probabilities(probabilities: np.ndarray, properties: dict) -> np.ndarray:

@@ -36,7 +36,8 @@ class LocalNCC(nn.Module):
         super().__init__()
         self.window, self.eps = window, eps
 
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+    def forward(self, prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask`` (B x 1 x D x H x W, 0/1) restricts the mean to the voxels both volumes really see."""
         with torch.autocast(prediction.device.type, enabled=False):
             dtype = torch.promote_types(prediction.dtype, torch.float32)
             i, j = (x.to(dtype).flatten(0, 1)[:, None] for x in (prediction, target))
@@ -45,13 +46,20 @@ class LocalNCC(nn.Module):
             cov = s_ij - s_i * s_j / count
             var_i = s_ii - s_i * s_i / count
             var_j = s_jj - s_j * s_j / count
-            return 1.0 - (cov * cov / (var_i * var_j + self.eps)).mean()
+            cc = cov * cov / (var_i * var_j + self.eps)
+            if mask is None:
+                return 1.0 - cc.mean()
+            weights = mask.to(dtype).expand(-1, prediction.shape[1], *mask.shape[2:]).flatten(0, 1)[:, None]
+            return 1.0 - (cc * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 class MSE(nn.Module):
-    """Mean squared error."""
+    """Mean squared error (over ``mask`` where given)."""
 
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+    def forward(self, prediction: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is not None:
+            weights = mask.to(prediction.dtype).expand_as(prediction)
+            return (weights * (prediction - target) ** 2).sum() / weights.sum().clamp(min=1.0)
         return F.mse_loss(prediction, target)
 
 
@@ -118,8 +126,9 @@ class RegistrationLoss(nn.Module):
         self.lambda_smooth, self.lambda_contrast = lambda_smooth, lambda_contrast
 
     def forward(self, warped: Tensor, target: Tensor, field: Tensor, z_atlas: Tensor | None = None,
-                z_target: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        sim, smooth = self.sim(warped, target), self.smooth(field)
+                z_target: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """``mask``: where both fields of view overlap (the similarity ignores the rest)."""
+        sim, smooth = self.sim(warped, target, mask), self.smooth(field)
         total = sim + self.lambda_smooth * smooth
         contrast = sim.new_zeros(())
         if self.lambda_contrast and z_atlas is not None and z_target is not None:

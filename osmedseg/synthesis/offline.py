@@ -1,77 +1,73 @@
 """Offline synthesis (OS-MedSeg's default): one labeled pair per unlabeled volume, cached with its provenance.
 
-Each cached sample is a triplet in the atlas frame at the segmentation spacing: the synthesised image
-``warp(atlas [+ appearance], flow)``, its label ``warp(atlas label, flow)`` and the real unlabeled image it was
-registered to (the teacher's input). The atlas itself is added as one more triplet (identity warp), the only one
-with a manual label. Files: ``<case>.npz`` (``image``, ``label``, ``real``) and ``<case>.json``.
+Every sample lives in the segmentation frame of a real case, on the student's one preprocessing route: ``real`` is
+that case's segmentation cache (exactly what the predictor computes from the raw file), ``image`` and ``label`` are
+the atlas (image at the segmentation spacing, label) mapped into that frame through the case's affine alignment and
+the learned flow, in one sampling. The atlas is one more sample (its own frame, identity mapping), the only one with
+a manual label. Files: ``<case>.npz`` (``image``, ``label``) and ``<case>.json``; ``real`` is read from the
+segmentation cache.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from osmedseg.preprocessing.cache import case_files, is_complete, list_cached_cases, read_properties
-from osmedseg.preprocessing.resampling import compute_new_shape, resample_data, resample_seg
-from osmedseg.registration.inference import inverse_flow, register, warp_atlas
+from osmedseg.preprocessing.affine_alignment import AlignmentResult
+from osmedseg.preprocessing.cache import case_files, is_complete, list_cached_cases, read_case, read_properties
+from osmedseg.preprocessing.segmentation_preprocessor import preprocessed_frame
 from osmedseg.registration.jacobian import folding_fraction
-from osmedseg.registration.spatial_transformer import warp
-from osmedseg.training.stage_trainer import FINAL
+from osmedseg.registration.trained import TrainedRegistration
+from osmedseg.synthesis.appearance_transfer import transfer_appearance
 from osmedseg.utilities.atomic import save_json_atomic, save_npz_atomic
 
 
-def to_segmentation_spacing(image: np.ndarray, label: np.ndarray, real: np.ndarray, spacing: list[float],
-                             target_spacing: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if np.allclose(spacing, target_spacing):
-        return image, label, real
-    shape = compute_new_shape(label.shape, spacing, target_spacing)
-    return (resample_data(image, spacing, target_spacing, new_shape=shape),
-            resample_seg(label, spacing, target_spacing, new_shape=shape),
-            resample_data(real, spacing, target_spacing, new_shape=shape))
-
-
-@torch.inference_mode()
-def synthesize_offline(stage, output_folder: str, disable_pbar: bool = False) -> list[str]:
-    """Write one synthesised triplet per usable unlabeled volume of a trained registration ``stage``; resumable."""
-    volumes, device = stage.volumes, stage.device
-    registration = stage.plans["configurations"]["registration"]
-    target_spacing = stage.plans["configurations"]["segmentation"]["spacing"]
-    network, appearance = stage.modules["registration"], stage.modules.get("appearance")
-    atlas_label = torch.from_numpy(volumes.label(volumes.atlas_id).astype(np.int64))[None, None].to(device)
-    checkpoint = stage.checkpoint_path(FINAL)
-    source = f"{checkpoint}@{os.path.getmtime(checkpoint)}"  # a retrained registration invalidates the cache
+def synthesize_offline(registration: TrainedRegistration, caches: "CaseCaches", case_ids: list[str],
+                       output_folder: str, appearance_transfer: str = "histogram",
+                       disable_pbar: bool = False) -> list[str]:
+    """Write one synthesised sample per case of ``case_ids`` (the atlas included); resumable."""
     written = []
-    for case_id in tqdm([volumes.atlas_id] + volumes.unlabeled_ids, desc="synthesis", disable=disable_pbar):
+    for case_id in tqdm(case_ids, desc="synthesis", disable=disable_pbar):
         written.append(case_id)
-        if is_complete(output_folder, case_id, source=source):
+        provenance = {"source": registration.source, "appearance_transfer": appearance_transfer}
+        if is_complete(output_folder, case_id, **provenance):
             continue
-        real = torch.from_numpy(volumes.image(case_id))[None].to(device)
-        is_atlas = case_id == volumes.atlas_id
-        flow = real.new_zeros((1, 3, *real.shape[2:])) if is_atlas else register(network, stage.atlas, real)
-        psi = None
-        if appearance is not None and not is_atlas:
-            psi = appearance(stage.atlas, warp(real, inverse_flow(network(stage.atlas, real))))
-        image, label = warp_atlas(stage.atlas, atlas_label, flow, psi)
-        arrays = to_segmentation_spacing(image[0].cpu().numpy(), label[0, 0].cpu().numpy().astype(np.int16),
-                                          real[0].cpu().numpy(), registration["spacing"], target_spacing)
-        npz, _ = case_files(output_folder, case_id)
-        save_npz_atomic(npz, image=arrays[0].astype(np.float32), label=arrays[1],
-                        real=arrays[2].astype(np.float32))
-        save_json_atomic({"case_id": case_id, "role": "atlas" if is_atlas else "synthesised", "spatial_target": case_id,
-                          "appearance_target": case_id if psi is not None else None,
-                          "source": source,
-                          "folding_percent": 100.0 * folding_fraction(flow), "spacing": target_spacing},
-                         case_files(output_folder, case_id)[1])
+        real, real_label, properties = read_case(caches.segmentation, case_id)
+        if case_id == caches.atlas_id:
+            image, label, folding = real, real_label, 0.0
+        else:
+            grid_image, _, grid_properties = read_case(caches.registration, case_id)
+            alignment = AlignmentResult.from_dict(grid_properties["alignment"])
+            output = registration.network_output(grid_image)
+            appearance = registration.appearance_offset(grid_image, output)
+            image, label = registration.map_atlas(preprocessed_frame(properties), real.shape[1:], alignment,
+                                                  output["flow"], appearance)
+            image = transfer_appearance(image, real, appearance_transfer)
+            folding = 100.0 * folding_fraction(output["flow"])
+        npz, json_file = case_files(output_folder, case_id)
+        save_npz_atomic(npz, image=image.astype(np.float32), label=label.astype(np.int16))
+        save_json_atomic({"case_id": case_id, "role": "atlas" if case_id == caches.atlas_id else "synthesised",
+                          "spatial_target": case_id, **provenance, "folding_percent": folding}, json_file)
     return written
 
 
-def load_synthesized(folder: str) -> dict[str, dict]:
-    """All cached triplets of ``folder``: ``{case: {"image", "label", "real", "role"}}``."""
+class CaseCaches:
+    """The two preprocessed caches of a dataset, and which case is the atlas."""
+
+    def __init__(self, segmentation: str, registration: str):
+        self.segmentation, self.registration = segmentation, registration
+        self.atlas_id = list_cached_cases(registration, "atlas")[0]
+
+    def real(self, case_id: str) -> np.ndarray:
+        """A case's image on the student's route (its segmentation cache)."""
+        return read_case(self.segmentation, case_id)[0]
+
+
+def load_synthesized(folder: str, caches: CaseCaches) -> dict[str, dict]:
+    """All cached samples of ``folder`` with their real images: ``{case: {"image", "label", "real", "role"}}``."""
     samples = {}
     for case_id in list_cached_cases(folder):
         with np.load(case_files(folder, case_id)[0]) as arrays:
-            samples[case_id] = {k: arrays[k] for k in ("image", "label", "real")}
+            samples[case_id] = {k: arrays[k] for k in ("image", "label")}
+        samples[case_id]["real"] = caches.real(case_id)
         samples[case_id]["role"] = read_properties(folder, case_id)["role"]
     return samples

@@ -1,11 +1,11 @@
 """On-the-fly synthesis (DataAug / BRBS style, METHODS 2.2-2.3): new labeled pairs from random target pairs.
 
-Each sample draws a spatial target ``i`` and an appearance target ``j`` independently from the unlabeled volumes.
-The spatial part is the learned flow atlas -> ``i``, optionally interpolated (the velocity, or the displacement of a
-non-diffeomorphic model, scaled by ``alpha ~ Beta(0.3, 0.3)``). The appearance comes from the learned appearance model
-applied with target ``j``, or without one from BRBS mixing ``atlas + beta * (j in atlas space - atlas)``. The teacher's
-real image is target ``i`` brought to atlas space and moved by the same flow, so it stays voxel-aligned with the
-synthesised image.
+Each sample draws a spatial target ``i`` and an appearance target ``j`` independently from the usable unlabeled
+volumes, in ``i``'s segmentation frame (the student's one route). The spatial part is the learned flow atlas -> ``i``,
+optionally interpolated (the velocity, or the displacement of a non-diffeomorphic model, scaled by
+``alpha ~ Beta(0.3, 0.3)``). The appearance comes from the learned appearance model applied with target ``j``, or
+without one from ``j``'s intensity distribution (histogram matching). The teacher's real image is ``i`` moved by the
+inverse flow and the interpolated one, so it stays voxel-aligned with the synthesised image.
 """
 from __future__ import annotations
 
@@ -14,55 +14,55 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from osmedseg.preprocessing.affine_alignment import AlignmentResult
+from osmedseg.preprocessing.cache import read_case
+from osmedseg.preprocessing.segmentation_preprocessor import preprocessed_frame
+from osmedseg.registration.atlas_mapping import AffineStep, FlowStep, map_into_frame
 from osmedseg.registration.inference import inverse_flow
 from osmedseg.registration.integration import integrate_velocity
-from osmedseg.registration.spatial_transformer import warp, warp_labels
-from osmedseg.synthesis.offline import to_segmentation_spacing
+from osmedseg.registration.trained import TrainedRegistration
+from osmedseg.synthesis.appearance_transfer import transfer_appearance
+from osmedseg.synthesis.offline import CaseCaches
 
 BETA_SHAPE = 0.3
-CACHE_BYTES = 2 * 1024**3  # memory for cached per-target flows (the registration network is frozen)
+CACHED_TARGETS = 32  # per-target network outputs kept (the registration network is frozen)
 
 
 class OnTheFlySynthesizer:
-    """Draws synthesised triplets from a trained registration stage (modules loaded, in eval mode)."""
+    """Draws synthesised triplets from a trained registration."""
 
-    def __init__(self, registration_stage, target_spacing: list[float], interpolate: bool = True):
-        self.stage = registration_stage
-        self.volumes = registration_stage.volumes
-        self.spacing = registration_stage.plans["configurations"]["registration"]["spacing"]
-        self.target_spacing = target_spacing
-        self.interpolate = interpolate
-        device = registration_stage.device
-        voxels = int(np.prod(self.stage.atlas.shape[1:]))
-        per_case = voxels * 4 * 10  # image + flow + velocity + inverse, float32
-        self._target = lru_cache(maxsize=max(2, int(CACHE_BYTES // per_case)))(self._compute_target)
-        self.atlas_label = torch.from_numpy(self.volumes.label(self.volumes.atlas_id).astype(np.int64))[None, None]
-        self.atlas_label = self.atlas_label.to(device)
+    def __init__(self, registration: TrainedRegistration, caches: CaseCaches, target_ids: list[str],
+                 interpolate: bool = True, appearance_transfer: str = "histogram"):
+        self.registration, self.caches, self.target_ids = registration, caches, target_ids
+        self.interpolate, self.appearance_transfer = interpolate, appearance_transfer
+        self._target = lru_cache(maxsize=CACHED_TARGETS)(self._compute_target)
 
-    @torch.inference_mode()
-    def _compute_target(self, case_id: str) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """(image, network output atlas -> image, flow image -> atlas) of one unlabeled volume; cached (frozen net)."""
-        image = torch.from_numpy(self.volumes.image(case_id))[None].to(self.stage.device)
-        out = self.stage.modules["registration"](self.stage.atlas, image)
-        return image, out, inverse_flow(out)
+    def _compute_target(self, case_id: str) -> dict:
+        """Grid image, network output, alignment, real image and frame of one unlabeled volume."""
+        grid_image, _, grid_properties = read_case(self.caches.registration, case_id)
+        real, _, properties = read_case(self.caches.segmentation, case_id)
+        return {"grid": grid_image, "output": self.registration.network_output(grid_image), "real": real,
+                "alignment": AlignmentResult.from_dict(grid_properties["alignment"]),
+                "frame": preprocessed_frame(properties)}
 
     @torch.inference_mode()
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One triplet ``{"image", "label", "real"}`` at the segmentation spacing, plus its provenance."""
-        ids = self.volumes.unlabeled_ids
+        """One triplet ``{"image", "label", "real"}`` in the spatial target's frame, plus its provenance."""
+        ids = self.target_ids
         spatial, appearance = ids[rng.integers(len(ids))], ids[rng.integers(len(ids))]
         alpha = float(rng.beta(BETA_SHAPE, BETA_SHAPE)) if self.interpolate else 1.0
-        target, out, inverse = self._target(spatial)
-        flow = integrate_velocity(alpha * out["velocity"]) if "velocity" in out else alpha * out["flow"]
-        source, _, source_inverse = self._target(appearance)
-        source_in_atlas = warp(source, source_inverse)
-        if "appearance" in self.stage.modules:
-            base = self.stage.atlas + self.stage.modules["appearance"](self.stage.atlas, source_in_atlas)
-        else:
-            base = self.stage.atlas + float(rng.beta(BETA_SHAPE, BETA_SHAPE)) * (source_in_atlas - self.stage.atlas)
-        image = warp(base, flow)[0].cpu().numpy()
-        label = warp_labels(self.atlas_label, flow)[0, 0].cpu().numpy().astype(np.int16)
-        real = warp(warp(target, inverse), flow)[0].cpu().numpy()
-        image, label, real = to_segmentation_spacing(image, label, real, self.spacing, self.target_spacing)
-        return {"image": image, "label": label, "real": real, "spatial_target": spatial,
+        target, source = self._target(spatial), self._target(appearance)
+        output = target["output"]
+        flow = integrate_velocity(alpha * output["velocity"]) if "velocity" in output else alpha * output["flow"]
+        offset = self.registration.appearance_offset(source["grid"], source["output"])
+        shape = target["real"].shape[1:]
+        image, label = self.registration.map_atlas(target["frame"], shape, target["alignment"], flow, offset)
+        if offset is None:
+            image = transfer_appearance(image, source["real"], self.appearance_transfer)
+        steps = self.registration.steps(target["alignment"], flow) + [
+            FlowStep(inverse_flow(output)[0], self.registration.grid_frame),
+            AffineStep(target["alignment"].atlas_to_moving_matrix())]
+        real = map_into_frame(torch.from_numpy(target["real"]).to(self.registration.device), target["frame"],
+                              target["frame"], shape, steps)
+        return {"image": image, "label": label.astype(np.int16), "real": real.cpu().numpy(), "spatial_target": spatial,
                 "appearance_target": appearance, "alpha": alpha}

@@ -1,12 +1,13 @@
 """Reconstruction-guided teacher-student distillation (OS-MedSeg, METHODS 3).
 
-The student segments synthesised images (Dice + CE against the warped atlas labels); the teacher reconstructs the
-real unlabeled images they were synthesised from; the hint loss ``1 - cos`` pulls the student's last decoder
-features towards the teacher's (teacher side detached). Only the student is kept for inference.
+The student segments synthesised images (Dice + CE against the warped atlas labels) and, with probability
+``real_fraction`` per sample, the real unlabeled images themselves against the same labels (registration
+pseudo-labels); the teacher reconstructs the real images; the hint loss ``1 - cos`` pulls the student's last decoder
+features towards the teacher's (teacher side detached). Every sample lives in a real case's segmentation frame, on
+the route the predictor uses. Only the student is kept for inference.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ import torch
 from osmedseg.dataset.dataset_json import label_values
 from osmedseg.errors import OsmError
 from osmedseg.networks.unet import build_network
-from osmedseg.synthesis.offline import load_synthesized
+from osmedseg.synthesis.offline import CaseCaches, load_synthesized
 from osmedseg.training.augmentation import enlarged_patch_size, training_transforms
 from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss
 from osmedseg.training.patch_sampler import PatchSampler
@@ -22,7 +23,6 @@ from osmedseg.training.stage_trainer import StageTrainer
 from osmedseg.training.validation import pseudo_dice
 from osmedseg.utilities.atomic import torch_save_atomic
 
-STUDENT_FILE = "student_{}.pth"
 SGD_LR, ADAM_LR = 1e-2, 1e-3  # nnU-Net's SGD default; OS-MedSeg's Adam (METHODS 3)
 
 
@@ -43,13 +43,14 @@ class DistillationStage(StageTrainer):
     iterations_per_epoch = 50
     defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "hint_warmup": 0.5,
                 "optimizer": "sgd", "lr": None, "weight_decay": 3e-5, "ce_top_fraction": 0.1,
-                "oversample_foreground": 0.33, "validation_fraction": 0.1, "synthesis": "offline",
-                "refresh_fraction": 0.5}
+                "oversample_foreground": 0.33, "validation_fraction": 0.1, "real_fraction": 0.5,
+                "synthesis": "offline", "refresh_fraction": 0.5}
 
-    def __init__(self, *args, synthesis_folder: str, synthesizer=None, **options):
+    def __init__(self, *args, caches: CaseCaches, synthesizer=None, **options):
         check_options(options)
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
-        self.synthesis_folder = synthesis_folder
+        self.synthesis_folder = self.run_folder.synthesis_folder
+        self.caches = caches
         self.synthesizer = synthesizer  # an OnTheFlySynthesizer when options["synthesis"] == "on_the_fly"
         self.best_ema: float | None = None
         self.ema: float | None = None
@@ -60,8 +61,8 @@ class DistillationStage(StageTrainer):
 
     # ---- data -----------------------------------------------------------------------------------------------------
     def _split(self) -> tuple[list[dict], list[dict]]:
-        """Training triplets, and the held-out synthesised volumes used for validation (never the atlas)."""
-        samples = load_synthesized(self.synthesis_folder)
+        """Training triplets, and the held-out real volumes (with registration pseudo-labels) used for validation."""
+        samples = load_synthesized(self.synthesis_folder, self.caches)
         if len(samples) < 2:
             raise OsmError(f"{self.synthesis_folder}: no synthesised samples; run osm_train -stage synthesis first")
         synthesised = sorted(c for c, s in samples.items() if s["role"] != "atlas")
@@ -72,19 +73,19 @@ class DistillationStage(StageTrainer):
         kept = [(c, s) for c, s in sorted(samples.items()) if c not in self.validation_ids]
         train = [_training_sample(s) for _, s in kept]
         self.refreshable = [i for i, (_, s) in enumerate(kept) if s["role"] != "atlas"]  # the atlas stays
-        validation = [{"image": samples[c]["image"], "label": samples[c]["label"]} for c in self.validation_ids]
+        validation = [{"image": samples[c]["real"], "label": samples[c]["label"]} for c in self.validation_ids]
         return train, validation
 
     def build(self) -> None:
-        configuration = self.plans["configurations"]["segmentation"]
-        self.patch_size = configuration["patch_size"]
+        configuration = self.plans.segmentation
+        self.patch_size = configuration.patch_size
         self.num_classes = max(label_values(self.dataset_json)) + 1
         train, self.validation = self._split()
         self.channels = train[0]["data"].shape[0] // 2
-        self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration["batch_size"],
+        self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration.batch_size,
                                     self.options["oversample_foreground"], self.seed)
-        self.transforms = training_transforms(self.patch_size, configuration["mirror_axes"])
-        arch = configuration["architecture"]
+        self.transforms = training_transforms(self.patch_size, configuration.mirror_axes)
+        arch = configuration.architecture
         # a shallow network (tiny data) has fewer decoder layers than hint layers asked for: use all it has
         hint_layers = min(self.options["hint_layers"], len(arch["features_per_stage"]) - 1)
         self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
@@ -120,6 +121,8 @@ class DistillationStage(StageTrainer):
         data = torch.from_numpy(batch["data"]).to(self.device)
         target = torch.from_numpy(batch["seg"]).long().to(self.device)
         synthetic, real = data[:, :self.channels], data[:, self.channels:]
+        use_real = torch.from_numpy(rng.random(len(data)) < self.options["real_fraction"]).to(self.device)
+        synthetic = torch.where(use_real[:, None, None, None, None], real, synthetic)
         with self.autocast():
             student = self.train_modules["student"](synthetic)
             seg_loss = self.segmentation_loss(student["out"], target)
@@ -145,7 +148,8 @@ class DistillationStage(StageTrainer):
         return self.options["lambda_hint"] * ramp
 
     def end_of_epoch(self) -> dict[str, float]:
-        """Pseudo-Dice on the held-out synthesised volumes; keeps ``student_best.pth`` on its moving average."""
+        """Pseudo-Dice on held-out real volumes (agreement with their registration pseudo-labels); keeps
+        ``student_best.pth`` on its moving average."""
         if not self.validation:
             return {}
         dice = pseudo_dice(self.modules["student"], self.validation, self.patch_size, self.num_classes, self.device)
@@ -166,9 +170,9 @@ class DistillationStage(StageTrainer):
 
     def save_student(self, tag: str) -> str:
         """Write the student alone (weights + what inference needs) as ``student_<tag>.pth``."""
-        path = os.path.join(self.folder, STUDENT_FILE.format(tag))
+        path = self.run_folder.student(tag)
         torch_save_atomic({"state_dict": self.modules["student"].state_dict(),
-                           "architecture": self.plans["configurations"]["segmentation"]["architecture"],
+                           "architecture": self.plans.segmentation.architecture,
                            "in_channels": self.channels, "num_classes": self.num_classes,
                            "hint_layers": self.modules["student"].hint_layers, "trainer": self.options.get("method"),
                            "epoch": self.epoch}, path)
@@ -177,11 +181,13 @@ class DistillationStage(StageTrainer):
 
 def check_options(options: dict) -> None:
     """One-line OsmError for a distillation option out of range (before any file is written)."""
-    top, warmup = options.get("ce_top_fraction"), options.get("hint_warmup")
+    top, warmup, real = options.get("ce_top_fraction"), options.get("hint_warmup"), options.get("real_fraction")
     if top is not None and not 0 < top <= 1:
         raise OsmError(f"-ce_top_fraction must be in (0, 1], got {top}")
     if warmup is not None and not 0 <= warmup <= 1:
         raise OsmError(f"-hint_warmup must be in [0, 1], got {warmup}")
+    if real is not None and not 0 <= real <= 1:
+        raise OsmError(f"-real_fraction must be in [0, 1], got {real}")
 
 
 def _training_sample(triplet: dict) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """A method = a chain of stages on one run folder. Methods are found by class name (``osm_train -tr NAME``).
 
-The run folder ``<results>/<dataset>/<Trainer>__<plans>/`` is self-contained: it holds copies of the plans,
-dataset.json and fingerprint, and one subfolder per trained stage.
+The run folder (``run_folder.RunFolder``) is self-contained: it holds copies of the plans, dataset.json and
+fingerprint, and one subfolder per trained stage. Each stage receives and records only its own options.
 """
 from __future__ import annotations
 
@@ -12,75 +12,99 @@ import torch.distributed
 
 from osmedseg.errors import OsmError
 from osmedseg.planning.fingerprint import FINGERPRINT_FILE
-from osmedseg.planning.plans import PLANS_FILE
-from osmedseg.synthesis.offline import synthesize_offline
+from osmedseg.planning.plans import PLANS_FILE, Plans
+from osmedseg.registration.trained import TrainedRegistration
+from osmedseg.run_folder import DATASET_JSON, DISTILLATION, FINAL, REGISTRATION, SYNTHESIS_FOLDER, RunFolder
+from osmedseg.synthesis.offline import CaseCaches, synthesize_offline
 from osmedseg.synthesis.on_the_fly import OnTheFlySynthesizer
 from osmedseg.training.distillation_stage import DistillationStage
+from osmedseg.training.registration_data import RegistrationVolumes
 from osmedseg.training.registration_stage import RegistrationStage
-from osmedseg.training.stage_trainer import FINAL, StageTrainer, init_process_group
+from osmedseg.training.stage_trainer import StageTrainer
 from osmedseg.utilities.atomic import atomic_path, save_json_atomic
+from osmedseg.utilities.device import distributed_context, init_process_group, resolve_device
 
-SYNTHESIS_FOLDER = "synthesis"
-
-
-def run_folder_path(results_root: str, dataset_name: str, trainer_name: str, plans_name: str) -> str:
-    return os.path.join(results_root, dataset_name, f"{trainer_name}__{plans_name}")
+SYNTHESIS_OPTIONS = ("appearance_transfer",)
 
 
 class MethodTrainer:
     """Runs the stages of a method in order, skipping stages whose final checkpoint exists.
 
     A variant is a subclass that changes a class attribute, e.g. ``distillation_options = {"lambda_hint": 0}``.
+    ``options`` maps a stage name (``registration``, ``synthesis``, ``distillation``) to that stage's options from
+    the command line; they override the class defaults.
     """
 
-    stages: tuple[str, ...] = ("registration", "synthesis", "distillation")
+    stages: tuple[str, ...] = (REGISTRATION, "synthesis", DISTILLATION)
     registration_stage: type[StageTrainer] = RegistrationStage
     registration_options: dict = {}
+    synthesis_options: dict = {"appearance_transfer": "histogram"}
     distillation_stage: type[StageTrainer] = DistillationStage
     distillation_options: dict = {}
 
-    def __init__(self, plans: dict, dataset_json: dict, preprocessed_dataset_folder: str, results_root: str,
+    def __init__(self, plans: Plans, dataset_json: dict, preprocessed_dataset_folder: str, results_root: str,
                  device: str = "cpu", epochs: int | None = None, total_iterations: int | None = None,
-                 seed: int = 12345, disable_pbar: bool = False, options: dict | None = None):
+                 seed: int = 12345, disable_pbar: bool = False, options: dict[str, dict] | None = None):
         self.plans, self.dataset_json = plans, dataset_json
         self.preprocessed_dataset_folder = preprocessed_dataset_folder
-        self.run_folder = run_folder_path(results_root, plans["dataset_name"], type(self).__name__, plans["plans_name"])
+        self.run_folder = RunFolder.for_trainer(results_root, plans.dataset_name, type(self).__name__, plans.plans_name)
+        self.device = device
         self.common = dict(run_folder=self.run_folder, plans=plans, dataset_json=dataset_json,
                            preprocessed_dataset_folder=preprocessed_dataset_folder, device=device, epochs=epochs,
                            total_iterations=total_iterations, seed=seed, disable_pbar=disable_pbar)
-        self.options = {**(options or {}), "method": type(self).__name__}
+        given = options or {}
+        method = {"method": type(self).__name__}
+        self.options = {
+            REGISTRATION: {**self.registration_options, **given.get(REGISTRATION, {}), **method},
+            "synthesis": {**self.synthesis_options, **given.get("synthesis", {})},
+            DISTILLATION: {**self.distillation_options, **given.get(DISTILLATION, {}), **method},
+        }
         self.disable_pbar = disable_pbar
+        self.caches = CaseCaches(self._cache(plans.segmentation.data_identifier),
+                                 self._cache(plans.registration.data_identifier))
 
-    @property
-    def synthesis_folder(self) -> str:
-        return os.path.join(self.run_folder, "registration", SYNTHESIS_FOLDER)
+    def _cache(self, identifier: str) -> str:
+        folder = os.path.join(self.preprocessed_dataset_folder, identifier)
+        if not os.path.isdir(folder):
+            raise OsmError(f"{folder}: preprocessed cache missing; run osm_plan_and_preprocess first")
+        return folder
 
     def make_stage(self, name: str) -> StageTrainer:
-        """Instantiate the stage ``name`` with this method's options (CLI options override class defaults)."""
-        if name == "registration":
-            return self.registration_stage(**self.common, **{**self.registration_options, **self.options})
-        if name == "distillation":
-            options = {**self.distillation_options, **self.options}
-            return self.distillation_stage(**self.common, synthesis_folder=self.synthesis_folder,
+        """Instantiate the stage ``name`` with its own options."""
+        if name == REGISTRATION:
+            return self.registration_stage(**self.common, **self.options[REGISTRATION])
+        if name == DISTILLATION:
+            options = self.options[DISTILLATION]
+            return self.distillation_stage(**self.common, caches=self.caches,
                                            synthesizer=self.on_the_fly_synthesizer(options), **options)
         raise OsmError(f"{type(self).__name__} has no stage {name!r} (stages: {', '.join(self.stages)})")
 
+    def trained_registration(self) -> TrainedRegistration:
+        """The finished registration stage of this run folder, loaded."""
+        if not os.path.isfile(self.run_folder.checkpoint(REGISTRATION, FINAL)):
+            raise OsmError(f"{self.run_folder.stage(REGISTRATION)}: the registration stage has not finished; "
+                           "run osm_train -stage registration")
+        return TrainedRegistration.load(self.run_folder, resolve_device(self.device))
+
+    def usable_targets(self) -> list[str]:
+        """Unlabeled volumes whose affine alignment succeeded."""
+        return RegistrationVolumes(self.caches.registration).unlabeled_ids
+
     def on_the_fly_synthesizer(self, options: dict) -> OnTheFlySynthesizer | None:
-        """The trained registration stage wrapped for on-the-fly synthesis, if the options ask for it."""
+        """The trained registration wrapped for on-the-fly synthesis, if the options ask for it."""
         if options.get("synthesis", "offline") != "on_the_fly":
             return None
-        stage = self.make_stage("registration")
-        stage.load_trained()
-        return OnTheFlySynthesizer(stage, self.plans["configurations"]["segmentation"]["spacing"],
-                                   interpolate=options.get("interpolate_flows", True))
+        return OnTheFlySynthesizer(self.trained_registration(), self.caches, self.usable_targets(),
+                                   interpolate=options.get("interpolate_flows", True),
+                                   appearance_transfer=self.options["synthesis"]["appearance_transfer"])
 
     def prepare_run_folder(self) -> None:
-        os.makedirs(self.run_folder, exist_ok=True)
-        save_json_atomic(self.plans, os.path.join(self.run_folder, PLANS_FILE))
-        save_json_atomic(self.dataset_json, os.path.join(self.run_folder, "dataset.json"))
+        os.makedirs(self.run_folder.path, exist_ok=True)
+        self.plans.save(self.run_folder.file(PLANS_FILE))
+        save_json_atomic(self.dataset_json, self.run_folder.file(DATASET_JSON))
         fingerprint = os.path.join(self.preprocessed_dataset_folder, FINGERPRINT_FILE)
         if os.path.isfile(fingerprint):
-            with atomic_path(os.path.join(self.run_folder, FINGERPRINT_FILE)) as tmp:
+            with atomic_path(self.run_folder.file(FINGERPRINT_FILE)) as tmp:
                 shutil.copyfile(fingerprint, tmp)
 
     def reuse_registration(self, trainer_name: str) -> None:
@@ -89,10 +113,9 @@ class MethodTrainer:
         For variants that differ only after registration (e.g. the hint ablations); skipped if this run already
         has a finished registration stage.
         """
-        source = os.path.join(os.path.dirname(self.run_folder), f"{trainer_name}__{self.plans['plans_name']}",
-                              "registration")
-        target = os.path.join(self.run_folder, "registration")
-        if os.path.isfile(os.path.join(target, FINAL)):
+        source = self.run_folder.sibling(trainer_name, self.plans.plans_name).stage(REGISTRATION)
+        target = self.run_folder.stage(REGISTRATION)
+        if os.path.isfile(self.run_folder.checkpoint(REGISTRATION, FINAL)):
             return
         if not os.path.isfile(os.path.join(source, FINAL)):
             raise OsmError(f"{source}: no finished registration stage to reuse (train {trainer_name} first)")
@@ -100,8 +123,8 @@ class MethodTrainer:
         shutil.copytree(source, target, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(SYNTHESIS_FOLDER))
         print(f"registration: reusing {source}", flush=True)
 
-    def run(self, only_stage: str | None = None, resume: bool = False, reuse_registration_from: str | None = None
-            ) -> None:
+    def run(self, only_stage: str | None = None, resume: bool = False,
+                   reuse_registration_from: str | None = None) -> None:
         """Run every stage (or only ``only_stage``); a finished stage is skipped unless it is the one asked for."""
         if only_stage is not None and only_stage not in self.stages:
             raise OsmError(f"-stage {only_stage!r} is not a stage of {type(self).__name__} "
@@ -122,18 +145,17 @@ class MethodTrainer:
             stage.run(resume=resume)
 
     def run_synthesis(self) -> None:
-        """Synthesise one labeled pair per unlabeled volume with the trained registration stage."""
-        stage = self.make_stage("registration")
-        if not stage.is_finished():
-            raise OsmError(f"{stage.folder}: the registration stage has not finished; "
-                           "run osm_train -stage registration")
-        if stage.world_size > 1:  # under torchrun, rank 0 synthesises and the others wait for it
-            init_process_group(stage.device)
-        if stage.is_main:
-            stage.load_trained()
-            written = synthesize_offline(stage, self.synthesis_folder, self.disable_pbar)
-            print(f"synthesis: {len(written)} labeled pairs in {self.synthesis_folder}", flush=True)
-        if stage.world_size > 1:
+        """Synthesise one labeled pair per usable unlabeled volume with the trained registration."""
+        registration = self.trained_registration()
+        rank, _, world_size = distributed_context()
+        if world_size > 1:  # under torchrun, rank 0 synthesises and the others wait for it
+            init_process_group(registration.device)
+        if rank == 0:
+            cases = [self.caches.atlas_id] + self.usable_targets()
+            written = synthesize_offline(registration, self.caches, cases, self.run_folder.synthesis_folder,
+                                         self.options["synthesis"]["appearance_transfer"], self.disable_pbar)
+            print(f"synthesis: {len(written)} labeled pairs in {self.run_folder.synthesis_folder}", flush=True)
+        if world_size > 1:
             torch.distributed.barrier()
 
 

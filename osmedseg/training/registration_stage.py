@@ -6,69 +6,69 @@ import os
 import numpy as np
 import torch
 
-from osmedseg.registration.appearance import AppearanceNet, appearance_loss
-from osmedseg.registration.builders import build_registration_network
+from osmedseg.preprocessing.cache import read_array, read_case
+from osmedseg.preprocessing.run import ATLAS_INTENSITIES
+from osmedseg.preprocessing.segmentation_preprocessor import preprocessed_frame
+from osmedseg.registration.appearance import appearance_loss
+from osmedseg.registration.builders import build_registration_modules
 from osmedseg.registration.inference import inverse_flow
 from osmedseg.registration.losses import RegistrationLoss
 from osmedseg.registration.spatial_transformer import warp
+from osmedseg.registration.trained import AtlasArrays, TrainedRegistration
 from osmedseg.training.registration_data import RegistrationVolumes
 from osmedseg.training.registration_quality import write_registration_quality
 from osmedseg.training.stage_trainer import StageTrainer
-from osmedseg.utilities.atomic import save_npz_atomic
-
-ATLAS_GRID_FILE = "atlas_grid.npz"
 
 
 class RegistrationStage(StageTrainer):
     """Trains the registration network (and optionally the appearance model) of the plans' registration grid.
 
     Options: ``network`` ('contrastive' | 'voxelmorph'), ``diffeomorphic`` (bool), ``similarity`` ('ncc' | 'mse'),
-    ``lambda_smooth``, ``lambda_contrast``, ``registration_lr``, ``appearance`` (bool).
+    ``lambda_smooth``, ``lambda_contrast``, ``registration_lr``, ``appearance`` (bool). The similarity is computed
+    only where the target's field of view and the warped atlas's overlap: padding is not an edge to match.
     """
 
     stage_name = "registration"
     default_epochs = 20
     iterations_per_epoch = 25
     defaults = {"network": "contrastive", "diffeomorphic": True, "similarity": "ncc", "lambda_smooth": 1.0,
-                "lambda_contrast": 0.01, "registration_lr": 3e-4, "appearance": False}
+                "lambda_contrast": 1e-4, "registration_lr": 3e-4, "appearance": False}
 
     def __init__(self, *args, **options):
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
 
     def build(self) -> None:
-        configuration = self.plans["configurations"]["registration"]
+        configuration = self.plans.registration
         self.volumes = RegistrationVolumes(os.path.join(self.preprocessed_dataset_folder,
-                                                        configuration["data_identifier"]))
-        self.targets_per_step = configuration["targets_per_step"]
+                                                        configuration.data_identifier))
+        self.targets_per_step = configuration.targets_per_step
         atlas = self.volumes.image(self.volumes.atlas_id)
         self.atlas = torch.from_numpy(atlas)[None].to(self.device)
+        self.atlas_field_of_view = torch.from_numpy(self.volumes.field_of_view(self.volumes.atlas_id))[None, None]
+        self.atlas_field_of_view = self.atlas_field_of_view.to(self.device, torch.float32)
         self.atlas_label = torch.from_numpy(self.volumes.label(self.volumes.atlas_id).astype(np.int64))[None, None]
-        network = build_registration_network(configuration, atlas.shape[0], self.options["network"],
-                                             self.options["diffeomorphic"]).to(self.device)
-        self.modules["registration"] = network
-        self.optimizers["registration"] = torch.optim.Adam(network.parameters(), lr=self.options["registration_lr"])
+        for name, module in build_registration_modules(configuration, atlas.shape[0], self.options).items():
+            self.modules[name] = module.to(self.device)
+            self.optimizers[name] = torch.optim.Adam(module.parameters(), lr=self.options["registration_lr"])
         self.loss = RegistrationLoss(self.options["similarity"], lambda_smooth=self.options["lambda_smooth"],
                                      lambda_contrast=self.options["lambda_contrast"]).to(self.device)
-        if self.options["appearance"]:
-            levels = configuration["levels"]
-            model = AppearanceNet(atlas.shape[0], encoder=(16,) + (32,) * (levels - 1),
-                                  decoder=(64, 64) + (32,) * (levels - 1) + (16, 16)).to(self.device)
-            self.modules["appearance"] = model
-            self.optimizers["appearance"] = torch.optim.Adam(model.parameters(), lr=self.options["registration_lr"])
 
-    def _targets(self, rng: np.random.Generator) -> torch.Tensor:
+    def _targets(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.volumes.unlabeled_ids
-        chosen = rng.choice(len(ids), self.targets_per_step, replace=len(ids) < self.targets_per_step)
-        return torch.from_numpy(np.stack([self.volumes.image(ids[i]) for i in chosen])).to(self.device)
+        chosen = [ids[i] for i in rng.choice(len(ids), self.targets_per_step, replace=len(ids) < self.targets_per_step)]
+        images = torch.from_numpy(np.stack([self.volumes.image(c) for c in chosen])).to(self.device)
+        views = torch.from_numpy(np.stack([self.volumes.field_of_view(c) for c in chosen]))[:, None]
+        return images, views.to(self.device, torch.float32)
 
     def train_step(self, rng: np.random.Generator) -> dict[str, float]:
-        targets = self._targets(rng)
+        targets, target_views = self._targets(rng)
         atlas = self.atlas.expand(len(targets), *self.atlas.shape[1:])
         with self.autocast():
             out = self.train_modules["registration"](atlas, targets)
             warped = warp(atlas, out["flow"])
+            overlap = target_views * (warp(self.atlas_field_of_view, out["flow"].detach()) > 0.5)
             loss, parts = self.loss(warped.float(), targets, out.get("velocity", out["flow"]).float(),
-                                    out["z_atlas"], out["z_target"])
+                                    out["z_atlas"], out["z_target"], mask=overlap)
         self.backward_and_step(loss, ["registration"])
         values = {"loss": parts["total"], "similarity": parts["sim"], "smoothness": parts["smooth"],
                   "contrastive": parts["contrast"]}
@@ -87,8 +87,18 @@ class RegistrationStage(StageTrainer):
         self.backward_and_step(loss, ["appearance"])
         return parts["total"]
 
+    def atlas_arrays(self) -> AtlasArrays:
+        """The atlas on the grid and in its segmentation frame, as the trained registration needs it."""
+        folder = os.path.join(self.preprocessed_dataset_folder, self.plans.segmentation.data_identifier)
+        image, label, properties = read_case(folder, self.volumes.atlas_id)
+        alignment_image = read_array(self.volumes.folder, self.volumes.atlas_id, ATLAS_INTENSITIES)
+        return AtlasArrays(self.atlas[0].cpu().numpy(), self.volumes.label(self.volumes.atlas_id), alignment_image,
+                           image, label, preprocessed_frame(properties))
+
     def end_of_training(self) -> None:
-        atlas_label = self.volumes.label(self.volumes.atlas_id)
-        save_npz_atomic(os.path.join(self.folder, ATLAS_GRID_FILE), image=self.atlas[0].cpu().numpy(),
-                        label=atlas_label)
-        write_registration_quality(self)
+        atlas = self.atlas_arrays()
+        atlas.save(self.run_folder.atlas_file)
+        for module in self.modules.values():
+            module.eval()
+        trained = TrainedRegistration(self.plans.registration, atlas, self.modules, self.device)
+        write_registration_quality(trained, self.volumes, self.folder, self.run_folder.quality_file)

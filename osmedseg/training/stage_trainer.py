@@ -21,32 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from osmedseg.errors import OsmError
+from osmedseg.planning.plans import Plans
+from osmedseg.run_folder import CONFIG_FILE, FINAL, LATEST, RunFolder
 from osmedseg.training.run_log import RunLog
 from osmedseg.utilities.atomic import remove_stale_temporaries, save_json_atomic, torch_save_atomic
+from osmedseg.utilities.device import distributed_context, init_process_group, resolve_device
 from osmedseg.utilities.seeding import seed_everything
-
-FINAL, LATEST = "checkpoint_final.pth", "checkpoint_latest.pth"
-
-
-def distributed_context() -> tuple[int, int, int]:
-    """``(rank, local_rank, world_size)`` from torchrun's environment; ``(0, 0, 1)`` without it."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)))
-
-
-def init_process_group(device: torch.device) -> None:
-    """Join torchrun's process group once (nccl on CUDA, gloo otherwise)."""
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``mps``; asking for an unavailable accelerator is a user error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OsmError("-device cuda requested but CUDA is not available (install a CUDA build of torch)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise OsmError("-device mps requested but MPS is not available")
-    return torch.device(name)
 
 
 class StageTrainer:
@@ -56,11 +36,11 @@ class StageTrainer:
     default_epochs = 10
     iterations_per_epoch = 50
 
-    def __init__(self, run_folder: str, plans: dict, dataset_json: dict, preprocessed_dataset_folder: str,
+    def __init__(self, run_folder: RunFolder, plans: Plans, dataset_json: dict, preprocessed_dataset_folder: str,
                  device: str = "cpu", epochs: int | None = None, total_iterations: int | None = None,
                  seed: int = 12345, disable_pbar: bool = False, **options):
         self.run_folder = run_folder
-        self.folder = os.path.join(run_folder, self.stage_name)
+        self.folder = run_folder.stage(self.stage_name)
         self.plans = plans
         self.dataset_json = dataset_json
         self.preprocessed_dataset_folder = preprocessed_dataset_folder
@@ -175,23 +155,6 @@ class StageTrainer:
     def is_finished(self) -> bool:
         return os.path.isfile(self.checkpoint_path(FINAL))
 
-    def load_trained(self, checkpoint: str = FINAL) -> None:
-        """Build the stage and load the weights of a finished run (for synthesis and inference).
-
-        The options the checkpoint was trained with (network type, diffeomorphic, appearance, ...) replace this
-        instance's, so the modules match the weights whatever flags the current command was given.
-        """
-        path = self.checkpoint_path(checkpoint)
-        if not os.path.isfile(path):
-            raise OsmError(f"{path}: checkpoint not found")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        recorded = state.get("config", {})
-        self.options.update({k: recorded[k] for k in self.options if k in recorded and k != "method"})
-        self.build()
-        for name, module in self.modules.items():
-            module.load_state_dict(state["modules"][name])
-            module.eval()
-
     # ---- the loop ------------------------------------------------------------------------------------------------
     def _wrap_for_training(self) -> None:
         """DDP under torchrun, then ``torch.compile`` if the ``compile`` option is set."""
@@ -222,7 +185,7 @@ class StageTrainer:
         elif os.path.isfile(latest) and not resume:
             log.message(f"starting {self.stage_name} afresh (a previous checkpoint exists; use --c to resume)")
         if self.is_main:
-            save_json_atomic(self.config(), os.path.join(self.folder, "config.json"))
+            save_json_atomic(self.config(), os.path.join(self.folder, CONFIG_FILE))
         log.message(f"{type(self).__name__} stage {self.stage_name}: {self.epochs} epochs x "
                     f"{self.iterations_per_epoch} iterations on {self.device} x {self.world_size}, seed {self.seed}")
         while self.epoch < self.epochs:

@@ -59,7 +59,7 @@ def test_demo_plans_and_caches(demo):
     assert demo["codes"] == [0, 0]
     out = demo["out"]
     assert {FINGERPRINT_FILE, PLANS_FILE, "dataset.json"} <= set(os.listdir(out))
-    plans = load_plans(out)
+    plans = load_plans(out).raw
     _check_plan_is_sane(plans)
     assert set(plans["configurations"]) == {"registration", "segmentation"}
     assert plans["dataset_name"] == DEMO_DATASET_NAME and plans["memory_budget_device"] == "cpu"
@@ -71,8 +71,7 @@ def test_demo_plans_and_caches(demo):
     seg_folder = os.path.join(out, seg["data_identifier"])
     reg_folder = os.path.join(out, plans["configurations"]["registration"]["data_identifier"])
     assert list_cached_cases(seg_folder) == ["demo_000", "demo_001", "demo_002"]  # atlas + unlabeled
-    assert list_cached_cases(reg_folder) == ["demo_000", "demo_001", "demo_002", "demo_003"]  # + test
-    assert list_cached_cases(reg_folder, "test") == ["demo_003"]
+    assert list_cached_cases(reg_folder) == ["demo_000", "demo_001", "demo_002"]  # test cases are never read
     reg_shape = plans["configurations"]["registration"]["shape"]
     for case_id in list_cached_cases(reg_folder):
         data, _, _ = read_case(reg_folder, case_id)
@@ -84,11 +83,11 @@ def test_demo_second_run_rewrites_nothing(demo):
     unchanged = {"dataset.json", FINGERPRINT_FILE, PLANS_FILE, report}  # summaries are written again, caches not
     first = {k: v for k, v in demo["first"].items() if k not in unchanged}
     second = {k: v for k, v in demo["second"].items() if k not in unchanged}
-    assert first == second and len(first) == 14  # 3 + 4 cases, npz + json each
+    assert first == second and len(first) == 12  # 3 + 3 cases, npz + json each
 
 
 def test_demo_atlas_cache_inverts_to_the_raw_label(demo):
-    plans = load_plans(demo["out"])
+    plans = load_plans(demo["out"]).raw
     folder = os.path.join(demo["out"], plans["configurations"]["segmentation"]["data_identifier"])
     _, seg, properties = read_case(folder, "demo_000")
     raw, _ = read_label(os.path.join(demo["raw"], "labelsTr", "demo_000.nii.gz"))
@@ -104,7 +103,7 @@ def test_demo_alignment_recovers_the_known_transforms(demo):
     subject -> atlas map land near where they started; the true map's smooth deformation is not affine."""
     with open(os.path.join(demo["out"], "osmPlans_registration", ALIGNMENT_REPORT)) as f:
         report = json.load(f)
-    assert [r["case_id"] for r in report["cases"]] == ["demo_000", "demo_001", "demo_002", "demo_003"]
+    assert [r["case_id"] for r in report["cases"]] == ["demo_000", "demo_001", "demo_002"]
     assert all(r["converged"] for r in report["cases"]) and report["failed"] == []
     with open(os.path.join(demo["raw"], GROUND_TRUTH_FILE)) as f:
         truth = {c["case_id"]: c for c in json.load(f)["cases"]}
@@ -113,7 +112,7 @@ def test_demo_alignment_recovers_the_known_transforms(demo):
     index = np.stack([i, j, k, np.ones_like(i)], axis=1)[::40].astype(float)
     points = (index @ geometry.index_to_physical_matrix().T)[:, :3]
     folder = os.path.join(demo["out"], "osmPlans_registration")
-    for case_id in ("demo_001", "demo_002", "demo_003"):
+    for case_id in ("demo_001", "demo_002"):
         transform = AlignmentResult.from_dict(read_case(folder, case_id)[2]["alignment"]).to_sitk()
         in_subject = np.array([transform.TransformPoint(p.tolist()) for p in points])
         error = np.linalg.norm(subject_to_atlas(truth[case_id], in_subject) - points, axis=1).mean()
@@ -132,20 +131,20 @@ def test_flags(data_roots, capsys):
     assert "Dataset001_Tiny: planned for cpu" in stdout and "Dataset002_Other: planned for cpu" in stdout
     assert "segmentation: spacing [2.0, 1.0, 1.0] mm" in stdout
     assert sorted(os.listdir(out)) == sorted(["dataset.json", FINGERPRINT_FILE, PLANS_FILE])
-    cpu = load_plans(out)
+    cpu = load_plans(out).raw
 
     code, stdout, err = run(main, ["-d", "1", "--no_pp", "--no_pbar", "-np", "1", "-gpu_memory_target", "24",
                                    "-overwrite_target_spacing", "3", "1.5", "1.5"], capsys)
     assert code == 0, err
-    gpu = load_plans(out)
+    gpu = load_plans(out).raw
     assert gpu["memory_budget_device"] == "cuda" and gpu["memory_budget_gb"] == pytest.approx(24 * 0.8)
     assert gpu["configurations"]["segmentation"]["spacing"] == [3.0, 1.5, 1.5]
     assert "planned for cuda" in stdout and cpu["configurations"]["segmentation"]["spacing"] == [2.0, 1.0, 1.0]
 
-    code, _, err = run(main, ["-d", "1", "--no_pbar", "-np", "1", "-c", "segmentation"], capsys)
+    code, _, err = run(main, ["-d", "1", "--no_pbar", "-np", "1"], capsys)
     assert code == 0, err
     assert sorted(os.listdir(out)) == sorted(["dataset.json", FINGERPRINT_FILE, PLANS_FILE,
-                                              "osmPlans_segmentation"])
+                                              "osmPlans_registration", "osmPlans_segmentation"])
     assert list_cached_cases(os.path.join(out, "osmPlans_segmentation")) == ["atlas", "u00", "u01"]
 
     write_tiny_dataset(data_roots["raw"], name="Dataset003_Fresh")
@@ -153,8 +152,8 @@ def test_flags(data_roots, capsys):
     code, _, err = run(main, ["-d", "3", "--no_pp", "--no_pbar", "-pl", "NoSuchPlanner"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no ExperimentPlanner named 'NoSuchPlanner'" in err
     assert file_stamps(data_roots["preprocessed"]) == before  # failed before writing anything
-    code, _, err = run(main, ["-d", "1", "-c", "everything"], capsys)
-    assert code == 2 and "invalid choice" in err  # argparse's own usage error
+    code, _, err = run(main, ["-d", "1", "-pl"], capsys)
+    assert code == 2 and "expected one argument" in err  # argparse's own usage error
 
 
 # ---- real samples --------------------------------------------------------------------------------------------------
@@ -183,11 +182,11 @@ def test_prostate_trus_plan_and_preprocess(tmp_path, capsys):
     _convert(["folders", "--images", os.path.join(root, "images"), "--labels", os.path.join(root, "labels"), "-d",
               "1", "--name", "ProstateTRUS", "--label-channels", "0", "--label-names", '{"prostate": 1}',
               "--channel-name", "US", "--num-unlabeled", "4", "--num-test", "2"], raw, capsys)
-    code, _, err = run(main, ["-d", "ProstateTRUS", "-c", "segmentation", "-np", "1", "--no_pbar", "--raw", raw,
+    code, _, err = run(main, ["-d", "ProstateTRUS", "-np", "1", "--no_pbar", "--raw", raw,
                               "--preprocessed", pre], capsys)
     assert code == 0, err
     out = os.path.join(pre, "Dataset001_ProstateTRUS")
-    plans = load_plans(out)
+    plans = load_plans(out).raw
     _check_plan_is_sane(plans)
     seg = plans["configurations"]["segmentation"]
     assert seg["spacing"] == pytest.approx([0.4, 0.4, 0.4], rel=1e-3)
@@ -253,7 +252,7 @@ def test_real_sample_plans(tmp_path, capsys, sample):
     code, stdout, err = run(main, ["-d", "7", "--no_pp", "-np", "1", "--no_pbar", "--raw", raw, "--preprocessed",
                                    pre], capsys)
     assert code == 0, err
-    plans = load_plans(os.path.join(pre, f"Dataset007_{name}"))
+    plans = load_plans(os.path.join(pre, f"Dataset007_{name}")).raw
     _check_plan_is_sane(plans)
     spacing, scheme = SAMPLES[sample]
     seg = plans["configurations"]["segmentation"]

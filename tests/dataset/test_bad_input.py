@@ -261,11 +261,17 @@ def test_valid_tiny_dataset_plans(roots, capsys):
                                                            "osm_plans.json"]
 
 
+# defects of test cases: planning never reads test cases; only --verify_dataset_integrity (asked for) looks at them
+TEST_CASE_BREAKERS = ("undeclared_test_label", "label_direction", "four_d")
+
+
 @pytest.mark.parametrize("breaker", BREAKERS)
 def test_bad_input_cli(roots, capsys, breaker):
     raw, pre = roots
     path, problem = BREAKERS[breaker](write_tiny_dataset(raw))
-    code, out, err = run_cli(["-d", "Tiny", "-np", "1", "--no_pbar", "--raw", raw, "--preprocessed", pre], capsys)
+    verify = ["--verify_dataset_integrity"] if breaker in TEST_CASE_BREAKERS else []
+    code, out, err = run_cli(["-d", "Tiny", "-np", "1", "--no_pbar", "--raw", raw, "--preprocessed", pre, *verify],
+                             capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -273,7 +279,17 @@ def test_bad_input_cli(roots, capsys, breaker):
     assert not os.path.exists(pre) or os.listdir(pre) == []  # nothing written, not even the dataset folder
 
 
-@pytest.mark.parametrize("breaker", ["undeclared_test_label", "nan_voxels", "label_direction"])
+@pytest.mark.parametrize("breaker", TEST_CASE_BREAKERS)
+def test_planning_does_not_read_test_cases(roots, capsys, breaker):
+    """Broken test files do not stop planning: test cases stay out of planning and training entirely."""
+    raw, pre = roots
+    BREAKERS[breaker](write_tiny_dataset(raw))
+    code, out, err = run_cli(["-d", "Tiny", "-np", "1", "--no_pbar", "--raw", raw, "--preprocessed", pre], capsys)
+    assert code == 0, err
+    assert not any("t00" in name for _, _, files in os.walk(pre) for name in files)
+
+
+@pytest.mark.parametrize("breaker", ["undeclared_atlas_label", "nan_voxels", "label_origin"])
 def test_bad_input_api(roots, breaker):
     """The Python API raises the same OsmError, before anything is written; integrity checking finds it too."""
     raw, pre = roots

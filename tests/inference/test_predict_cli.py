@@ -13,7 +13,9 @@ import SimpleITK as sitk
 
 from osmedseg.cli.predict import main as predict_main
 from osmedseg.inference.predictor import Predictor
-from osmedseg.io import read_image, read_label
+from osmedseg.inference.registration_predictor import RegistrationPredictor
+from osmedseg.io import Geometry, read_image, read_label
+from osmedseg.run_folder import RunFolder
 from tests.pipeline_fixture import file_stamps, run_cli
 
 TEST_CASES = ("demo_005", "demo_006")  # the reduced demo: atlas demo_000, unlabeled demo_001..004, test demo_005..006
@@ -196,8 +198,46 @@ def test_bad_inputs_give_one_line_errors_and_no_partial_outputs(trained_demo, tm
 # ---- Python API ------------------------------------------------------------------------------------------------------
 def test_predictor_api_matches_the_cli(trained_demo):
     image, geometry = read_image([_image_file(trained_demo, "demo_005")])
-    segmentation, probabilities = Predictor(trained_demo["run_folder"]).predict_array(image, geometry)
+    segmentation, probabilities = Predictor(RunFolder(trained_demo["run_folder"])).predict_array(image, geometry)
     assert probabilities is None and segmentation.shape == image.shape[1:]
     cli, cli_geometry = read_label(os.path.join(trained_demo["predictions"]["student"], "demo_005.nii.gz"))
     assert cli_geometry.mismatch(geometry) is None
     np.testing.assert_array_equal(segmentation, cli)  # same weights, same sliding window with mirroring
+
+
+# ---- predictions follow the anatomy, not the array index ----------------------------------------------------------
+def _cropped(image: np.ndarray, geometry: Geometry, start: tuple[int, int, int]) -> tuple[np.ndarray, Geometry]:
+    """The same anatomy with a smaller field of view: the array starts at ``start`` (its origin moves with it)."""
+    origin = geometry.array_index_to_physical_matrix() @ np.asarray([*start, 1.0])
+    return image[:, start[0]:, start[1]:, start[2]:], Geometry(geometry.spacing, tuple(origin[:3]), geometry.direction)
+
+
+def _flipped(image: np.ndarray, geometry: Geometry, axis: int) -> tuple[np.ndarray, Geometry]:
+    """The same anatomy stored with array axis ``axis`` reversed (the direction and origin say so)."""
+    last = [0, 0, 0]
+    last[axis] = image.shape[1 + axis] - 1
+    origin = geometry.array_index_to_physical_matrix() @ np.asarray([*last, 1.0])
+    direction = geometry.direction_matrix.copy()
+    direction[:, 2 - axis] *= -1  # ITK columns are x, y, z: array axis a is column 2 - a
+    return np.flip(image, 1 + axis).copy(), Geometry(geometry.spacing, tuple(origin[:3]), tuple(direction.ravel()))
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Dice over the labels present in either map."""
+    labels = [v for v in np.union1d(np.unique(a), np.unique(b)) if v != 0]
+    return float(np.mean([2 * np.sum((a == v) & (b == v)) / (np.sum(a == v) + np.sum(b == v)) for v in labels]))
+
+
+@pytest.mark.parametrize("method", ["student", "registration"])
+def test_prediction_follows_the_anatomy_not_the_array_index(trained_demo, method):
+    """A test image with another field of view, or stored with a reversed axis and the direction saying so, gets the
+    same segmentation of the same anatomy: the model reads the anatomy, not positions in the array."""
+    run = RunFolder(trained_demo["run_folder"])
+    predictor = Predictor(run) if method == "student" else RegistrationPredictor(run)
+    image, geometry = read_image([_image_file(trained_demo, "demo_005")])
+    reference, _ = predictor.predict_array(image, geometry)
+    start = (6, 10, 4)
+    cropped, _ = predictor.predict_array(*_cropped(image, geometry, start))
+    assert _agreement(cropped, reference[start[0]:, start[1]:, start[2]:]) > 0.9
+    flipped, _ = predictor.predict_array(*_flipped(image, geometry, 0))
+    assert _agreement(np.flip(flipped, 0), reference) > 0.9

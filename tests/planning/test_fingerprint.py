@@ -37,11 +37,12 @@ def _nonzero_box(array: np.ndarray) -> list[list[int]]:
 def test_per_case_geometry_and_cropping(dataset, fingerprint):
     assert fingerprint["dataset_name"] == "Dataset001_Tiny"
     assert (fingerprint["n_labeled"], fingerprint["n_unlabeled"], fingerprint["n_test"]) == (1, 2, 1)
-    assert [(c["role"], c["case_id"]) for c in fingerprint["cases"]] == [
-        ("atlas", "atlas"), ("unlabeled", "u00"), ("unlabeled", "u01"), ("test", "t00")]
+    assert [(c["role"], c["case_id"]) for c in fingerprint["cases"]] == [  # test cases are never read
+        ("atlas", "atlas"), ("unlabeled", "u00"), ("unlabeled", "u01")]
     assert fingerprint["spacings"][0] == [2.0, 1.0, 1.0]
     assert fingerprint["spacings"][2] == pytest.approx([2.5, 0.9, 1.1])  # stored as float32 in the file
-    for (_, case), summary, shape in zip(dataset.all_cases(), fingerprint["cases"], fingerprint["shapes_after_crop"]):
+    for (_, case), summary, shape in zip(dataset.training_cases(), fingerprint["cases"],
+                                         fingerprint["shapes_after_crop"]):
         image, geometry = read_image(case.image_files)
         box = _nonzero_box(image[0])
         assert summary["bbox"] == box
@@ -64,13 +65,13 @@ def test_intensity_statistics_match_numpy(dataset, fingerprint):
     assert (stats["min"], stats["max"]) == (pytest.approx(foreground.min()), pytest.approx(foreground.max()))
     for key, q in (("percentile_00_5", 0.5), ("median", 50), ("percentile_99_5", 99.5)):
         assert stats[key] == pytest.approx(np.percentile(foreground, q), rel=1e-5)
-    everything = np.concatenate([read_image(c.image_files)[0][0].ravel() for _, c in dataset.all_cases()])
+    everything = np.concatenate([read_image(c.image_files)[0][0].ravel() for _, c in dataset.training_cases()])
     nonzero = fingerprint["nonzero_intensity_properties_per_channel"]["0"]
     assert nonzero["mean"] == pytest.approx(everything[everything != 0].mean(), rel=1e-5)
     assert nonzero["min"] == pytest.approx(everything[everything != 0].min())
     counts = fingerprint["cases"][0]["label_voxel_counts"]
     assert counts == {str(v): int((label == v).sum()) for v in (0, 1, 2)}
-    assert "label_voxel_counts" not in fingerprint["cases"][3]  # test labels are checked, not counted
+    assert all("label_voxel_counts" not in c for c in fingerprint["cases"][1:])
 
 
 def test_json_written_atomically_and_reproducible(dataset, fingerprint, tmp_path):

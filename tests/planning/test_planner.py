@@ -237,11 +237,14 @@ def test_plans_round_trip(tmp_path):
     plans["seed"] = 7
     path = save_plans(plans, str(tmp_path))
     assert path == str(tmp_path / PLANS_FILE) and os.listdir(tmp_path) == [PLANS_FILE]
-    assert load_plans(str(tmp_path)) == json.loads(json.dumps(plans)) == plans
+    loaded = load_plans(str(tmp_path))
+    assert loaded.raw == json.loads(json.dumps(plans)) == plans
+    assert loaded.segmentation.patch_size == plans["configurations"]["segmentation"]["patch_size"]
+    assert loaded.registration.grid.to_dict() == plans["configurations"]["registration"]["grid_geometry"]
     variant = {**plans, "plans_name": "osmPlansBig"}
     assert save_plans(variant, str(tmp_path)) == plans_path(str(tmp_path), "osmPlansBig") == str(tmp_path /
                                                                                                  "osmPlansBig.json")
-    assert load_plans(str(tmp_path), "osmPlansBig")["plans_name"] == "osmPlansBig"
+    assert load_plans(str(tmp_path), "osmPlansBig").plans_name == "osmPlansBig"
 
 
 def test_load_plans_errors(tmp_path):
@@ -249,16 +252,34 @@ def test_load_plans_errors(tmp_path):
     folder.mkdir()
     with pytest.raises(OsmError, match="plans not found; run osm_plan_and_preprocess -d Dataset042_Synthetic"):
         load_plans(str(folder))
+    path = str(folder / PLANS_FILE)
+    with open(path, "w") as f:
+        f.write("{not json")
+    with pytest.raises(OsmError, match="osm_plans.json: not a valid plans file"):
+        load_plans(str(folder))
+
+
+@pytest.mark.parametrize("configuration, key", [
+    (None, "labels"), ("registration", None), ("segmentation", "mirror_axes"), ("segmentation", "architecture"),
+    ("registration", "grid_geometry"), ("registration", "levels"), ("segmentation", "data_identifier")])
+def test_plans_validation_names_the_missing_key(tmp_path, configuration, key):
+    """Plans are validated completely on load (both configurations): one line naming the file and the key."""
     plans = _plan(_anisotropic())
-    del plans["configurations"]["registration"]
-    save_plans(plans, str(folder))
-    with pytest.raises(OsmError, match="configuration\\(s\\) registration missing"):
-        load_plans(str(folder))
-    old = _plan(_anisotropic())
-    del old["configurations"]["segmentation"]["mirror_axes"]  # plans written before mirror axes were planned
-    save_plans(old, str(folder))
-    with pytest.raises(OsmError, match="lacks mirror_axes .*re-run osm_plan_and_preprocess"):
-        load_plans(str(folder))
+    if configuration is None:
+        del plans[key]
+    elif key is None:
+        del plans["configurations"][configuration]
+    else:
+        del plans["configurations"][configuration][key]
+    with open(tmp_path / PLANS_FILE, "w") as f:
+        json.dump(plans, f)
+    with pytest.raises(OsmError) as info:
+        load_plans(str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / PLANS_FILE)) and "\n" not in message
+    assert repr(key or configuration) in message
+    with pytest.raises(OsmError):  # nor can a planner write incomplete plans
+        save_plans(plans, str(tmp_path / "other"))
 
 
 def test_planner_found_by_name():

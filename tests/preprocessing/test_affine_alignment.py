@@ -202,3 +202,19 @@ def test_user_errors(case, aligned):
         AlignmentResult.from_dict({**aligned.to_dict(), "transform": {"type": "bspline"}}).to_sitk()
     with pytest.raises(ValueError, match="mode"):
         align_to_atlas(case["image"], case["geometry"], case["atlas"], ATLAS_GEOMETRY, mode="deformable")
+
+
+def test_a_much_smaller_organ_is_aligned_not_refused():
+    """Anatomy varies several-fold in volume between subjects: a subject at 0.4x the atlas's volume is aligned and
+    kept (determinant about 0.4), not refused for its size."""
+    scale = 0.4 ** (-1 / 3)  # the transform maps subject points to atlas points: atlas = scale x subject
+    transform = sitk.AffineTransform(3)
+    transform.SetCenter(_centre(ATLAS_GEOMETRY, ATLAS_SHAPE).tolist())
+    transform.SetMatrix((scale * np.eye(3)).ravel().tolist())
+    atlas, atlas_label = _phantom()
+    geometry = _grid_centred_at(_centre(ATLAS_GEOMETRY, ATLAS_SHAPE), (1.0, 0.8, 0.8), np.eye(3), (36, 40, 40))
+    small = sitk.Resample(_image(atlas, ATLAS_GEOMETRY), [40, 40, 36], transform, sitk.sitkLinear, geometry.origin,
+                          geometry.spacing_itk, geometry.direction, 0.0)
+    result = align_to_atlas(sitk.GetArrayFromImage(small), geometry, atlas, ATLAS_GEOMETRY, seed=0)
+    assert result.converged, result.message
+    assert np.linalg.det(np.asarray(result.transform["matrix"])) == pytest.approx(0.4, rel=0.15)

@@ -12,6 +12,7 @@ from osmedseg.dataset.cases import load_raw_dataset
 from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, read_label, write_image
 from osmedseg.planning.plan_and_preprocess import plan_and_preprocess
+from osmedseg.planning.plans import Configuration, Plans
 from osmedseg.preprocessing import cache
 from osmedseg.preprocessing.cache import (configuration_hash, is_complete, list_cached_cases, read_case,
                                           read_properties, write_case)
@@ -42,8 +43,8 @@ def _blobs() -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32)[None], label
 
 
-def _configuration(spacing) -> dict:
-    return {"spacing": list(spacing), "normalization_schemes": ["zscore"], "use_mask_for_norm": [True]}
+def _configuration(spacing, schemes=("zscore",), masked=(True,)) -> Configuration:
+    return Configuration("test", list(spacing), list(schemes), list(masked), raw={})
 
 
 def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
@@ -96,8 +97,7 @@ def test_same_spacing_is_exact():
 def test_no_label_and_multichannel():
     image, _ = _blobs()
     two = np.concatenate([image, 2 * image + 7 * (image != 0)])
-    configuration = {"spacing": [1.5, 1.0, 1.0], "normalization_schemes": ["zscore", "nonorm"],
-                     "use_mask_for_norm": [False, False]}
+    configuration = _configuration([1.5, 1.0, 1.0], ["zscore", "nonorm"], [False, False])
     data, seg, properties = preprocess_image(two, GEOMETRY, configuration, {})
     assert seg is None and data.shape[0] == 2
     assert data[1].max() == pytest.approx(two[1].max(), rel=1e-3)  # nonorm keeps values (cubic clipped to range)
@@ -189,32 +189,31 @@ def test_caches_of_both_configurations(planned, capsys):
     report = preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
     seg_folder = os.path.join(out, "osmPlans_segmentation")
     reg_folder = os.path.join(out, "osmPlans_registration")
-    assert list_cached_cases(seg_folder) == ["atlas", "u00", "u01"]  # test images are not training data
-    assert list_cached_cases(reg_folder) == ["atlas", "t00", "u00", "u01"]
+    for folder in (seg_folder, reg_folder):  # test images are never read before prediction
+        assert list_cached_cases(folder) == ["atlas", "u00", "u01"]
     assert list_cached_cases(seg_folder, "atlas") == ["atlas"]
     # segmentation: the atlas cache inverts to its raw label exactly (the planned spacing is the data's)
     data, seg, properties = read_case(seg_folder, "atlas")
     raw_label, _ = read_label(dataset.atlases[0].label_file)
     np.testing.assert_array_equal(revert_segmentation(seg, properties), raw_label)
-    assert properties["plans_hash"] == configuration_hash(plans["configurations"]["segmentation"],
-                                                          plans["foreground_intensity_properties_per_channel"])
+    assert properties["plans_hash"] == configuration_hash(plans.segmentation.raw, plans.intensity_properties)
     assert properties["image_files"] == dataset.atlases[0].image_files
-    # registration: every case in the common grid; the atlas (identity) keeps every labelled voxel
-    reg = plans["configurations"]["registration"]
-    for case_id in ("atlas", "u00", "t00"):
+    # registration: every case in the common grid with its field of view; the atlas keeps every labelled voxel
+    for case_id in ("atlas", "u00"):
         data, seg, properties = read_case(reg_folder, case_id)
-        assert data.shape == (1, *reg["shape"]) and "alignment" in properties
-        assert (seg is not None) == (case_id in ("atlas", "t00"))
+        assert data.shape == (1, *plans.registration.shape) and "alignment" in properties
+        assert (seg is not None) == (case_id == "atlas")
+        view = cache.read_array(reg_folder, case_id, "field_of_view")
+        assert view.dtype == bool and view.any() and (data[0][~view] == 0).all()
+        # normalisation statistics come from inside the field of view only (masked z-score: mean 0, std 1)
+        assert abs(data[0][view].mean()) < 1e-3 and abs(data[0][view].std() - 1) < 1e-2
     _, seg, _ = read_case(reg_folder, "atlas")
     assert np.bincount(seg.ravel())[1:].tolist() == np.bincount(raw_label.ravel())[1:].tolist()
     # the alignment report lists every case; failures are flagged by name on stderr
     with open(os.path.join(reg_folder, ALIGNMENT_REPORT)) as f:
         assert json.load(f) == report
-    assert [r["case_id"] for r in report["cases"]] == ["atlas", "u00", "u01", "t00"]
-    assert report["cases"][0]["converged"] and "atlas" not in report["failed"]
-    err = capsys.readouterr().err
-    for case_id in report["failed"]:
-        assert f"affine alignment of {case_id} " in err
+    assert [r["case_id"] for r in report["cases"]] == ["atlas", "u00", "u01"]
+    assert report["cases"][0]["converged"] and not report["failed"]
 
 
 def test_failed_alignment_is_flagged(planned, capsys):
@@ -222,8 +221,7 @@ def test_failed_alignment_is_flagged(planned, capsys):
     image, geometry = read_image(dataset.unlabeled[1].image_files)
     noise = np.random.default_rng(0).uniform(0, 1, image.shape[1:]).astype(np.float32)
     write_image(noise, dataset.unlabeled[1].image_files[0], geometry)
-    report = preprocess_dataset(dataset, plans, out, configurations=("registration",), num_processes=1,
-                                disable_pbar=True)
+    report = preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
     assert "u01" in report["failed"]
     assert "WARNING: affine alignment of u01 (unlabeled) to the atlas failed" in capsys.readouterr().err
 
@@ -237,21 +235,19 @@ def test_resume_rewrites_nothing_and_recomputes_what_is_missing(planned):
     report = "osmPlans_registration/" + ALIGNMENT_REPORT  # rewritten each run (it summarises all cases)
     assert {k: v for k, v in second.items() if k != report} == {k: v for k, v in first.items() if k != report}
 
-    seg_folder = os.path.join(out, "osmPlans_segmentation")
-    os.remove(os.path.join(seg_folder, "u00.npz"))  # a case lost: only it is recomputed
-    os.remove(os.path.join(out, "osmPlans_registration", "t00.json"))
+    os.remove(os.path.join(out, "osmPlans_segmentation", "u00.npz"))  # a case lost: only it is recomputed
     preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
     third = file_stamps(out)
     changed = sorted(k for k in third if third[k] != first.get(k))
-    assert changed == ["osmPlans_registration/alignment_report.json", "osmPlans_registration/t00.json",
-                       "osmPlans_registration/t00.npz", "osmPlans_segmentation/u00.json",
-                       "osmPlans_segmentation/u00.npz"]
+    assert changed == ["osmPlans_registration/alignment_report.json", "osmPlans_registration/u00.json",
+                       "osmPlans_registration/u00.npz", "osmPlans_segmentation/u00.json",
+                       "osmPlans_segmentation/u00.npz"]  # a case is read once for both caches
     assert set(third) == set(first)
 
 
-def test_a_case_that_changes_role_is_cached_again(planned):
+def test_a_case_that_becomes_a_test_case_leaves_the_caches(planned):
     dataset, plans, out = planned
-    preprocess_dataset(dataset, plans, out, configurations=("registration",), num_processes=1, disable_pbar=True)
+    preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
     raw = os.path.dirname(os.path.dirname(dataset.unlabeled[0].image_files[0]))
     os.rename(os.path.join(raw, "imagesUnlabeled", "u00_0000.nii.gz"), os.path.join(raw, "imagesTs", "u00_0000.nii.gz"))
     with open(os.path.join(raw, "dataset.json")) as f:
@@ -259,19 +255,18 @@ def test_a_case_that_changes_role_is_cached_again(planned):
     info.update(numUnlabeled=info["numUnlabeled"] - 1, numTest=info["numTest"] + 1)
     with open(os.path.join(raw, "dataset.json"), "w") as f:
         json.dump(info, f)
-    preprocess_dataset(load_raw_dataset(raw), plans, out, configurations=("registration",), num_processes=1,
-                       disable_pbar=True)
-    folder = os.path.join(out, "osmPlans_registration")
-    assert list_cached_cases(folder, "test") == ["t00", "u00"] and list_cached_cases(folder, "unlabeled") == ["u01"]
-    assert read_case(folder, "u00")[2]["image_files"] == [os.path.join(raw, "imagesTs", "u00_0000.nii.gz")]
+    preprocess_dataset(load_raw_dataset(raw), plans, out, num_processes=1, disable_pbar=True)
+    for name in ("osmPlans_registration", "osmPlans_segmentation"):
+        assert list_cached_cases(os.path.join(out, name)) == ["atlas", "u01"]
 
 
 def test_other_plans_recompute(planned):
     dataset, plans, out = planned
-    preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1, disable_pbar=True)
+    preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
     first = file_stamps(out)
-    plans["configurations"]["segmentation"]["spacing"] = [2.0, 1.5, 1.5]
-    preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1, disable_pbar=True)
+    raw = json.loads(json.dumps(plans.raw))
+    raw["configurations"]["segmentation"]["spacing"] = [2.0, 1.5, 1.5]
+    preprocess_dataset(dataset, Plans.from_dict(raw), out, num_processes=1, disable_pbar=True)
     second = file_stamps(out)
     assert all(second[k] != first[k] for k in first if k.startswith("osmPlans_segmentation/"))
     _, seg, properties = read_case(os.path.join(out, "osmPlans_segmentation"), "atlas")
@@ -285,19 +280,18 @@ def test_interrupted_run_leaves_no_partial_case_and_resumes(planned, monkeypatch
 
     def dies_on_second_case(obj, path, indent=2):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 3:
             raise KeyboardInterrupt  # killed after the arrays of the second case were written
         real(obj, path, indent)
 
     monkeypatch.setattr(cache, "save_json_atomic", dies_on_second_case)
     with pytest.raises(KeyboardInterrupt):
-        preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1,
-                           disable_pbar=True)
+        preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
     monkeypatch.setattr(cache, "save_json_atomic", real)
     folder = os.path.join(out, "osmPlans_segmentation")
     assert not [f for f in os.listdir(folder) if f.startswith(".")]  # no temporary file left behind
     assert list_cached_cases(folder) == ["atlas"]  # u00 has arrays but no properties: not a case
     done = file_stamps(folder)
-    preprocess_dataset(dataset, plans, out, configurations=("segmentation",), num_processes=1, disable_pbar=True)
+    preprocess_dataset(dataset, plans, out, num_processes=1, disable_pbar=True)
     assert list_cached_cases(folder) == ["atlas", "u00", "u01"]
     assert file_stamps(folder)["atlas.npz"] == done["atlas.npz"]

@@ -1,5 +1,6 @@
-"""Offline synthesis (``osmedseg/synthesis/offline.py``) on the small coarse demo: one triplet per usable unlabeled
-volume plus the atlas, provenance, label ids, resumability and invalidation by a retrained registration."""
+"""Offline synthesis (``osmedseg/synthesis/offline.py``) on the small coarse demo: one sample per usable unlabeled
+volume plus the atlas, in each case's own segmentation frame, on the predictor's preprocessing route; provenance,
+resumability and invalidation by a retrained registration."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,17 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from osmedseg.cli.train import main as train_main
 from osmedseg.dataset.demo import DEMO_DATASET_NAME
-from osmedseg.dataset.dataset_json import load_dataset_json_file
+from osmedseg.io import read_image
 from osmedseg.planning.plans import load_plans
 from osmedseg.preprocessing.cache import read_case
-from osmedseg.synthesis.offline import synthesize_offline
-from osmedseg.training.registration_stage import RegistrationStage
-from osmedseg.training.stage_trainer import FINAL
+from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
+from osmedseg.registration.trained import TrainedRegistration
+from osmedseg.run_folder import FINAL, RunFolder
+from osmedseg.synthesis.offline import CaseCaches, load_synthesized, synthesize_offline
 from tests.pipeline_fixture import file_stamps, run_cli
 
 ATLAS, USABLE, REFUSED = "demo_000", ["demo_001", "demo_002"], "demo_003"
@@ -28,14 +31,16 @@ def synthesis_data(small_demo, tmp_path_factory):
     root = tmp_path_factory.mktemp("synthesis")
     preprocessed = str(root / "preprocessed")
     shutil.copytree(small_demo["preprocessed"], preprocessed)
-    cache = os.path.join(preprocessed, DEMO_DATASET_NAME, "osmPlans_registration")
-    properties_file = os.path.join(cache, f"{REFUSED}.json")
+    dataset = os.path.join(preprocessed, DEMO_DATASET_NAME)
+    properties_file = os.path.join(dataset, "osmPlans_registration", f"{REFUSED}.json")
     with open(properties_file) as f:
         properties = json.load(f)
     properties["alignment"].update(converged=False, message="simulated failure")
     with open(properties_file, "w") as f:
         json.dump(properties, f)
-    return {"root": root, "preprocessed": preprocessed, "cache": cache}
+    caches = CaseCaches(os.path.join(dataset, "osmPlans_segmentation"), os.path.join(dataset, "osmPlans_registration"))
+    return {"root": root, "preprocessed": preprocessed, "dataset": dataset, "caches": caches,
+            "raw": small_demo["raw"]}
 
 
 def _train(data: dict, results: str, *flags: str) -> tuple[str, str]:
@@ -45,8 +50,8 @@ def _train(data: dict, results: str, *flags: str) -> tuple[str, str]:
     return out, err
 
 
-def _stage_folder(results: str) -> str:
-    return os.path.join(results, DEMO_DATASET_NAME, "OSMedSegTrainer__osmPlans", "registration")
+def _run(results: str) -> RunFolder:
+    return RunFolder(os.path.join(results, DEMO_DATASET_NAME, "OSMedSegTrainer__osmPlans"))
 
 
 def _provenance(folder: str, case_id: str) -> dict:
@@ -54,61 +59,72 @@ def _provenance(folder: str, case_id: str) -> dict:
         return json.load(f)
 
 
-def test_one_triplet_per_usable_case_with_provenance(synthesis_data):
+def test_one_sample_per_usable_case_in_its_own_frame(synthesis_data):
     results = str(synthesis_data["root"] / "results")
     _, err = _train(synthesis_data, results, "-stage", "registration", "--iters", "2")
-    assert f"refusing {REFUSED} (unlabeled): its affine alignment to the atlas failed (simulated failure)" in err
+    assert f"refusing 1 volume(s) whose affine alignment to the atlas failed: {REFUSED}" in err
     out, _ = _train(synthesis_data, results, "-stage", "synthesis")
-    stage_folder = _stage_folder(results)
-    folder = os.path.join(stage_folder, "synthesis")
+    run = _run(results)
+    folder = run.synthesis_folder
     assert f"synthesis: 3 labeled pairs in {folder}" in out
     assert sorted(os.listdir(folder)) == sorted(f"{c}.{e}" for c in [ATLAS, *USABLE] for e in ("npz", "json"))
 
-    checkpoint = os.path.join(stage_folder, FINAL)
-    atlas_image, atlas_label, _ = read_case(synthesis_data["cache"], ATLAS)
+    checkpoint = run.checkpoint("registration", FINAL)
+    caches = synthesis_data["caches"]
+    atlas_image, atlas_label, _ = read_case(caches.segmentation, ATLAS)
     atlas_ids = set(np.unique(atlas_label).tolist())
-    spacing = load_plans(os.path.join(synthesis_data["preprocessed"], DEMO_DATASET_NAME))[
-        "configurations"]["segmentation"]["spacing"]
+    samples = load_synthesized(folder, caches)
     for case_id in [ATLAS, *USABLE]:
         provenance = _provenance(folder, case_id)
         assert provenance["case_id"] == provenance["spatial_target"] == case_id
-        assert provenance["appearance_target"] is None  # no appearance model
+        assert provenance["appearance_transfer"] == "histogram"
         assert provenance["source"] == f"{checkpoint}@{os.path.getmtime(checkpoint)}"
         assert provenance["role"] == ("atlas" if case_id == ATLAS else "synthesised")
-        assert provenance["spacing"] == spacing and 0.0 <= provenance["folding_percent"] < 1.0
-        with np.load(os.path.join(folder, f"{case_id}.npz")) as arrays:
-            image, label, real = arrays["image"], arrays["label"], arrays["real"]
-        real_cached, _, _ = read_case(synthesis_data["cache"], case_id)
-        assert image.shape == real.shape == atlas_image.shape and label.shape == atlas_image.shape[1:]
+        assert 0.0 <= provenance["folding_percent"] < 1.0
+        image, label, real = (samples[case_id][k] for k in ("image", "label", "real"))
+        real_cached, _, _ = read_case(caches.segmentation, case_id)
+        # every sample lives in its case's segmentation frame: the real image is that case's cache, unchanged
+        assert image.shape == real.shape == real_cached.shape and label.shape == real.shape[1:]
+        np.testing.assert_array_equal(real, real_cached)
         assert np.issubdtype(label.dtype, np.integer) and set(np.unique(label).tolist()) <= atlas_ids
         assert np.isfinite(image).all()
-        np.testing.assert_array_equal(real, real_cached)  # the teacher's input is the real volume
-        if case_id == ATLAS:  # identity warp: the atlas and its manual label
-            np.testing.assert_allclose(image, atlas_image, atol=1e-5)
+        if case_id == ATLAS:  # identity: the atlas and its manual label
+            np.testing.assert_array_equal(image, atlas_image)
             np.testing.assert_array_equal(label, atlas_label)
-        else:  # a warped atlas: every structure survives
+        else:  # the atlas mapped into the case's frame: every structure survives, intensities are the case's
             assert set(np.unique(label).tolist()) == atlas_ids
+            np.testing.assert_allclose(np.percentile(image, [5, 50, 95]), np.percentile(real, [5, 50, 95]),
+                                       atol=0.1)
+
+
+def test_training_and_prediction_share_one_preprocessing_route(synthesis_data):
+    """A raw volume preprocessed for training (its cache, the teacher's and the pseudo-labelled student's input)
+    and for prediction (the predictor's function on the raw file) gives the same array."""
+    plans = load_plans(synthesis_data["dataset"])
+    caches = synthesis_data["caches"]
+    for case_id, subset in ((ATLAS, "imagesTr"), (USABLE[0], "imagesUnlabeled")):
+        image, geometry = read_image([os.path.join(synthesis_data["raw"], subset, f"{case_id}_0000.nii.gz")])
+        for_prediction, _, _ = preprocess_image(image, geometry, plans.segmentation, plans.intensity_properties)
+        np.testing.assert_array_equal(caches.real(case_id), for_prediction)
 
 
 def test_rerun_rewrites_nothing_and_retraining_invalidates(synthesis_data):
     results = str(synthesis_data["root"] / "results_rerun")
     _train(synthesis_data, results, "-stage", "registration", "--iters", "2")
     _train(synthesis_data, results, "-stage", "synthesis")
-    folder = os.path.join(_stage_folder(results), "synthesis")
+    run = _run(results)
+    folder = run.synthesis_folder
     before = file_stamps(folder)
     assert len(before) == 6
 
     _train(synthesis_data, results, "-stage", "synthesis")  # through the CLI
     assert file_stamps(folder) == before
-    preprocessed = os.path.join(synthesis_data["preprocessed"], DEMO_DATASET_NAME)
-    stage = RegistrationStage(os.path.dirname(_stage_folder(results)), load_plans(preprocessed),
-                              load_dataset_json_file(os.path.join(preprocessed, "dataset.json")), preprocessed,
-                              disable_pbar=True)
-    stage.load_trained()
-    assert synthesize_offline(stage, folder, disable_pbar=True) == [ATLAS, *USABLE]  # through the API
-    assert file_stamps(folder) == before
+    registration = TrainedRegistration.load(run, torch.device("cpu"))
+    written = synthesize_offline(registration, synthesis_data["caches"], [ATLAS, *USABLE], folder,
+                                 disable_pbar=True)  # through the API
+    assert written == [ATLAS, *USABLE] and file_stamps(folder) == before
 
-    checkpoint = os.path.join(_stage_folder(results), FINAL)
+    checkpoint = run.checkpoint("registration", FINAL)
     old_source = _provenance(folder, ATLAS)["source"]
     _train(synthesis_data, results, "-stage", "registration", "--iters", "2", "-seed", "1")  # retrained
     _train(synthesis_data, results, "-stage", "synthesis")
@@ -124,8 +140,10 @@ def test_appearance_model_used_as_trained(synthesis_data):
     """A registration trained with --appearance synthesises with it, even when a later command omits the flag."""
     results = str(synthesis_data["root"] / "results_appearance")
     _train(synthesis_data, results, "-stage", "registration", "--iters", "2", "--appearance")
-    _train(synthesis_data, results, "-stage", "synthesis")  # no --appearance here
-    folder = os.path.join(_stage_folder(results), "synthesis")
-    assert _provenance(folder, ATLAS)["appearance_target"] is None  # the atlas keeps its own intensities
-    for case_id in USABLE:
-        assert _provenance(folder, case_id)["appearance_target"] == case_id
+    registration = TrainedRegistration.load(_run(results), torch.device("cpu"))
+    assert registration.appearance is not None
+    grid, _, _ = read_case(synthesis_data["caches"].registration, USABLE[0])
+    offset = registration.appearance_offset(grid, registration.network_output(grid))
+    assert offset is not None and offset.shape == (1, *grid.shape)
+    _train(synthesis_data, results, "-stage", "synthesis", "-appearance_transfer", "none")  # no --appearance here
+    assert _provenance(_run(results).synthesis_folder, USABLE[0])["appearance_transfer"] == "none"

@@ -26,25 +26,32 @@ def trained_registration(small_demo, tmp_path_factory):
         assert code == 0, out + err
     folder = os.path.join(small_demo["preprocessed"], DEMO_DATASET_NAME)
     return OSMedSegTrainer(load_plans(folder), load_dataset_json_file(os.path.join(folder, "dataset.json")), folder,
-                           results, seed=0, disable_pbar=True, options={"synthesis": "on_the_fly"})
+                           results, seed=0, disable_pbar=True, options={"distillation": {"synthesis": "on_the_fly"}})
 
 
 def test_samples_are_labeled_pairs_from_independent_targets(trained_registration):
-    synthesizer = trained_registration.on_the_fly_synthesizer(trained_registration.options)
+    synthesizer = trained_registration.on_the_fly_synthesizer(trained_registration.options["distillation"])
     assert isinstance(synthesizer, OnTheFlySynthesizer)
-    atlas_ids = set(np.unique(synthesizer.volumes.label(synthesizer.volumes.atlas_id)).tolist())
+    atlas_ids = set(np.unique(synthesizer.registration.atlas.label).tolist())
     samples = [synthesizer.sample(np.random.default_rng(seed)) for seed in range(6)]
     for sample in samples:
         assert sample["image"].shape == sample["real"].shape and sample["label"].shape == sample["image"].shape[1:]
+        # in the spatial target's own segmentation frame, like every training sample
+        assert sample["real"].shape == synthesizer.caches.real(sample["spatial_target"]).shape
         assert set(np.unique(sample["label"]).tolist()) <= atlas_ids  # nearest warping keeps the atlas's ids
         assert np.isfinite(sample["image"]).all() and np.isfinite(sample["real"]).all()
         assert 0.0 <= sample["alpha"] <= 1.0
-        assert {sample["spatial_target"], sample["appearance_target"]} <= set(synthesizer.volumes.unlabeled_ids)
+        assert {sample["spatial_target"], sample["appearance_target"]} <= set(synthesizer.target_ids)
     assert len({(s["spatial_target"], s["appearance_target"]) for s in samples}) > 1  # drawn independently
     again = synthesizer.sample(np.random.default_rng(0))  # deterministic for a seed
     np.testing.assert_array_equal(again["image"], samples[0]["image"])
-    no_interpolation = OnTheFlySynthesizer(synthesizer.stage, synthesizer.target_spacing, interpolate=False)
-    assert no_interpolation.sample(np.random.default_rng(0))["alpha"] == 1.0
+    no_interpolation = OnTheFlySynthesizer(synthesizer.registration, synthesizer.caches, synthesizer.target_ids,
+                                           interpolate=False)
+    full = no_interpolation.sample(np.random.default_rng(0))
+    assert full["alpha"] == 1.0
+    # with the full flow, the real image moved by the inverse and the forward flow is close to the real image
+    real = synthesizer.caches.real(full["spatial_target"])
+    assert np.corrcoef(full["real"].ravel(), real.ravel())[0, 1] > 0.9
 
 
 def test_distillation_refreshes_synthesised_pool_but_keeps_the_atlas(trained_registration):

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import torch
 
+from osmedseg.run_folder import RunFolder
 from osmedseg.training.stage_trainer import StageTrainer
 
 
@@ -29,6 +30,6 @@ class ToyStage(StageTrainer):
 
 if __name__ == "__main__":
     out = sys.argv[1]
-    stage = ToyStage(out, plans={}, dataset_json={}, preprocessed_dataset_folder=out, seed=3, disable_pbar=True)
+    stage = ToyStage(RunFolder(out), plans=None, dataset_json={}, preprocessed_dataset_folder=out, seed=3, disable_pbar=True)
     stage.run()
     torch.save(stage.modules["net"].state_dict(), os.path.join(out, f"weights_rank{stage.rank}.pt"))

@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
 from osmedseg.cli.train import main as train_main
 from osmedseg.errors import OsmError
+from osmedseg.run_folder import RunFolder
 from osmedseg.training.distillation_stage import DistillationStage
 from tests.pipeline_fixture import run_cli
 
 
 def _stage(tmp_path, **options) -> DistillationStage:
-    return DistillationStage(run_folder=str(tmp_path), plans={}, dataset_json={},
-                             preprocessed_dataset_folder=str(tmp_path), synthesis_folder=str(tmp_path), epochs=4,
-                             **options)
+    return DistillationStage(run_folder=RunFolder(str(tmp_path)), plans=SimpleNamespace(), dataset_json={},
+                             preprocessed_dataset_folder=str(tmp_path), caches=None, epochs=4, **options)
 
 
 def _weights(stage: DistillationStage, iterations: list[int]) -> list[float]:
@@ -40,6 +41,7 @@ def test_top_k_cross_entropy_is_the_default_and_recorded(tmp_path):
     stage = _stage(tmp_path)
     assert stage.options["ce_top_fraction"] == 0.1
     assert stage.config()["ce_top_fraction"] == 0.1 and stage.config()["hint_warmup"] == 0.5
+    assert "lambda_smooth" not in stage.config()  # each stage records only its own options
 
 
 @pytest.mark.parametrize("flags, message", [(["-ce_top_fraction", "0"], "-ce_top_fraction must be in (0, 1], got 0.0"),

@@ -83,7 +83,7 @@ def check_numeric_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         flag = action.option_strings[0]
         for item in value if isinstance(value, list) else [] if value is None else [value]:
             if not rules[flag].allows(item):
-                raise OsmError(f"{flag} must be {rules[flag].describe()}, got {item:g}")
+                raise OsmError(f"{flag} must be {rules[flag].describe()}, got {item}")
 
 
 def parse_checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
 from osmedseg.dataset.locate import locate_raw_dataset
 from osmedseg.paths import root_folder
@@ -49,7 +50,7 @@ def summarize(plans: dict) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     raw_root, preprocessed_root = root_folder("raw", args.raw), root_folder("preprocessed", args.preprocessed)
     for spec in args.datasets:
         folder = locate_raw_dataset(spec, raw_root)

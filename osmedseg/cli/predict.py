@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
 from osmedseg.errors import OsmError
 from osmedseg.inference.predictor import Predictor, load_run_json
@@ -58,14 +59,10 @@ def model_folder(args: argparse.Namespace) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     folder = model_folder(args)
     if not os.path.isdir(folder):
         raise OsmError(f"{folder}: model folder not found; train it with osm_train (or check -tr/-p/-m)")
-    if not 0 < args.step_size <= 1:
-        raise OsmError(f"-step_size must be in (0, 1], got {args.step_size}")
-    if args.tile_batch_size < 1:
-        raise OsmError(f"-tile_batch_size must be at least 1, got {args.tile_batch_size}")
     if args.save_probabilities and args.method != "student":
         raise OsmError("--save_probabilities is only available for -method student")
     if args.method == "student":

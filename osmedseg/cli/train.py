@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_dataset_arg, add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
 from osmedseg.dataset.dataset_json import load_dataset_json_file
 from osmedseg.paths import resolve_dataset_name, root_folder
@@ -77,7 +78,7 @@ def stage_options(args: argparse.Namespace) -> dict:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     options = stage_options(args)
     check_distillation_options(options)
     preprocessed_root = root_folder("preprocessed", args.preprocessed)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from functools import lru_cache
 
 import numpy as np
 
-from osmedseg.errors import OsmError
+from osmedseg.errors import OsmError, warn
 from osmedseg.preprocessing.cache import list_cached_cases, read_case, read_properties
 
 
@@ -20,19 +19,23 @@ class RegistrationVolumes:
         self.folder = folder
         roles: dict[str, list[str]] = {"atlas": [], "unlabeled": [], "test": []}
         self.refused: list[str] = []
+        reasons = []
         for case_id in list_cached_cases(folder):
             properties = read_properties(folder, case_id)
             if not properties["alignment"]["converged"]:
                 self.refused.append(case_id)
-                print(f"refusing {case_id} ({properties['role']}): its affine alignment to the atlas failed "
-                      f"({properties['alignment']['message']})", file=sys.stderr)
+                reasons.append(f"{case_id} ({properties['role']}): its affine alignment to the atlas failed "
+                               f"({properties['alignment']['message']})")
                 continue
             roles[properties["role"]].append(case_id)
         self.atlas_id = roles["atlas"][0]
         self.unlabeled_ids = roles["unlabeled"]
         self.test_ids = [c for c in roles["test"] if read_properties(folder, c).get("label_file")]
+        refused = f"refusing {'; '.join(reasons)}"
         if not self.unlabeled_ids:
-            raise OsmError(f"{folder}: no unlabeled volume with a successful affine alignment to train on")
+            raise OsmError(f"{folder}: no unlabeled volume with a successful affine alignment to train on; {refused}")
+        if self.refused:
+            warn(refused)
         self._load = lru_cache(maxsize=max_cached)(self._read)
 
     def _read(self, case_id: str) -> tuple[np.ndarray, np.ndarray | None]:

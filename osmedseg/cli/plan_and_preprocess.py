@@ -10,6 +10,7 @@ from osmedseg.dataset.locate import locate_raw_dataset
 from osmedseg.paths import root_folder
 from osmedseg.planning.plan_and_preprocess import plan_and_preprocess
 from osmedseg.planning.plans import CONFIGURATIONS
+from osmedseg.utilities.writability import check_writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def summarize(plans: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_checked(build_parser(), argv)
     raw_root, preprocessed_root = root_folder("raw", args.raw), root_folder("preprocessed", args.preprocessed)
+    check_writable_folder(preprocessed_root, "--preprocessed")
     for spec in args.datasets:
         folder = locate_raw_dataset(spec, raw_root)
         plans = plan_and_preprocess(folder, preprocessed_root, args.planner, args.gpu_memory_target,

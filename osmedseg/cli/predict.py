@@ -6,6 +6,7 @@ import os
 
 from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
+from osmedseg.cli.preflight import check_prediction
 from osmedseg.errors import OsmError
 from osmedseg.inference.predictor import Predictor, load_run_json
 from osmedseg.inference.registration_predictor import RegistrationPredictor
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         raise OsmError(f"{folder}: model folder not found; train it with osm_train (or check -tr/-p/-m)")
     if args.save_probabilities and args.method != "student":
         raise OsmError("--save_probabilities is only available for -method student")
+    check_prediction(args, folder)
     if args.method == "student":
         predictor = Predictor(folder, args.checkpoint, args.device, args.step_size, args.tile_batch_size,
                               not args.disable_tta)

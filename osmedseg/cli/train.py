@@ -6,6 +6,7 @@ import os
 
 from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_dataset_arg, add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
+from osmedseg.cli.preflight import check_training
 from osmedseg.dataset.dataset_json import load_dataset_json_file
 from osmedseg.paths import resolve_dataset_name, root_folder
 from osmedseg.planning.plans import load_plans
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer_class = find_class("osmedseg.training.trainers", args.trainer, MethodTrainer)
     trainer = trainer_class(plans, load_dataset_json_file(os.path.join(folder, "dataset.json")), folder, results_root,
                             args.device, args.epochs, args.iters, args.seed, args.no_pbar, options)
+    check_training(trainer, results_root, args.device, args.stage, args.reuse_registration)
     trainer.run(args.stage, args.resume, args.reuse_registration)
 
 

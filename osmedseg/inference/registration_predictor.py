@@ -18,6 +18,7 @@ from osmedseg.registration.inference import register
 from osmedseg.registration.spatial_transformer import warp_labels
 from osmedseg.training.registration_stage import ATLAS_GRID_FILE
 from osmedseg.training.stage_trainer import FINAL, resolve_device
+from osmedseg.utilities.checkpoint import load_checkpoint
 
 
 class RegistrationPredictor:
@@ -41,7 +42,7 @@ class RegistrationPredictor:
             config = load_run_json(stage_folder, "config.json")
             self.network = build_registration_network(self.configuration, self.num_channels, config["network"],
                                                       config["diffeomorphic"]).to(self.device)
-            state = torch.load(os.path.join(stage_folder, FINAL), map_location=self.device, weights_only=False)
+            state = load_checkpoint(os.path.join(stage_folder, FINAL), self.device, ("modules",), "registration")
             self.network.load_state_dict(state["modules"]["registration"])
             self.network.eval()
 

@@ -10,7 +10,6 @@ import argparse
 import math
 from dataclasses import dataclass
 
-
 from osmedseg.errors import OsmError
 
 
@@ -32,8 +31,13 @@ class Rule:
 
     def describe(self) -> str:
         if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'greater than' if self.low_open else 'at least'} {_number(self.low)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 AT_LEAST_0 = Rule(0)

@@ -10,7 +10,8 @@ from osmedseg.planning.fingerprint import extract_fingerprint, save_fingerprint
 from osmedseg.planning.input_checks import check_atlases, check_target_spacing
 from osmedseg.planning.planner import ExperimentPlanner
 from osmedseg.planning.plans import save_plans
-from osmedseg.preprocessing.run import preprocess_dataset
+from osmedseg.preprocessing.alignment_report import check_some_unlabeled_aligned
+from osmedseg.preprocessing.run import ALIGNMENT_REPORT, preprocess_dataset
 from osmedseg.utilities.atomic import atomic_path
 from osmedseg.utilities.class_lookup import find_class
 
@@ -39,5 +40,8 @@ def plan_and_preprocess(raw_dataset_folder: str, preprocessed_root: str, planner
     with atomic_path(os.path.join(out, "dataset.json")) as tmp:
         shutil.copyfile(os.path.join(raw_dataset_folder, "dataset.json"), tmp)
     if preprocess:
-        preprocess_dataset(dataset, plans, out, configurations, num_processes, seed, disable_pbar)
+        report = preprocess_dataset(dataset, plans, out, configurations, num_processes, seed, disable_pbar)
+        if report:
+            check_some_unlabeled_aligned(report, os.path.join(
+                out, plans["configurations"]["registration"]["data_identifier"], ALIGNMENT_REPORT))
     return plans

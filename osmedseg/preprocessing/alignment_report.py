@@ -4,17 +4,19 @@ from __future__ import annotations
 from osmedseg.errors import OsmError, warn
 
 
-def check_alignment(report: dict, report_file: str) -> None:
-    """One warning line for the volumes whose affine alignment to the atlas failed (they are not trained on); an
-    OsmError if that leaves no unlabeled volume."""
+def warn_failed_alignments(report: dict, report_file: str) -> None:
+    """One warning line naming the volumes whose affine alignment to the atlas failed (they are not trained on)."""
     failed = [row for row in report["cases"] if not row["converged"]]
-    if not failed:
-        return
+    if failed:
+        names = ", ".join(f"{row['case_id']} ({row['role']})" for row in failed)
+        warn(f"affine alignment of {names} to the atlas failed ({failed[0]['message']}); not used for training "
+             f"(details in {report_file})")
+
+
+def check_some_unlabeled_aligned(report: dict, report_file: str) -> None:
+    """OsmError if the affine alignment of every unlabeled volume failed: the registration stage has nothing to
+    train on."""
     unlabeled = [row for row in report["cases"] if row["role"] == "unlabeled"]
-    names = ", ".join(f"{row['case_id']} ({row['role']})" for row in failed)
-    if all(not row["converged"] for row in unlabeled):
-        raise OsmError(f"{report_file}: the affine alignment to the atlas failed for every unlabeled volume "
-                       f"({names}; first reason: {failed[0]['message']}); nothing can be trained on - check the "
-                       "atlas and the images' orientation headers")
-    warn(f"affine alignment of {names} to the atlas failed ({failed[0]['message']}); not used for training "
-         f"(details in {report_file})")
+    if unlabeled and not any(row["converged"] for row in unlabeled):
+        raise OsmError(f"{report_file}: the affine alignment to the atlas failed for every unlabeled volume; nothing "
+                       "can be trained on - check the atlas and the images' orientation headers")

@@ -8,7 +8,7 @@ from osmedseg.dataset.dataset_json import label_values
 from osmedseg.dataset.integrity import check_label_against_image
 from osmedseg.io import read_image, read_label
 from osmedseg.preprocessing.affine_alignment import AlignmentResult, align_to_atlas
-from osmedseg.preprocessing.alignment_report import check_alignment
+from osmedseg.preprocessing.alignment_report import warn_failed_alignments
 from osmedseg.preprocessing.cache import (configuration_hash, is_complete, list_cached_cases, read_properties,
                                           remove_case, write_case)
 from osmedseg.preprocessing.registration_preprocessor import preprocess_into_grid
@@ -90,5 +90,5 @@ def preprocess_dataset(dataset: RawDataset, plans: dict, preprocessed_dataset_fo
                              disable_pbar, atlas=dataset.atlases[0], seed=seed, **common)
             report = {"cases": rows, "failed": [r["case_id"] for r in rows if not r["converged"]]}
             save_json_atomic(report, os.path.join(folder, ALIGNMENT_REPORT))
-            check_alignment(report, os.path.join(folder, ALIGNMENT_REPORT))
+            warn_failed_alignments(report, os.path.join(folder, ALIGNMENT_REPORT))
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_seed_arg, cli_entry
 from osmedseg.dataset_conversion import abdomen, folders, labels, nnunet, oasis, split, verse
 from osmedseg.dataset_conversion.writer import DEFAULT_GEOMETRY_TOLERANCE, convert_dataset
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     """Convert one source dataset; user-fixable problems exit with code 2 and a one-line message."""
-    args = _parser().parse_args(argv)
+    args = parse_checked(_parser(), argv)
     source = args.collect(args)
     convert_dataset(source, root_folder("raw", args.raw), args.dataset_id, args.name, args.atlas, args.num_unlabeled,
                     args.num_test, args.seed, args.overwrite, args.geometry_tolerance)

@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import cli_entry
 from osmedseg.dataset.dataset_json import foreground_labels, load_dataset_json_file
-from osmedseg.errors import OsmError
 from osmedseg.evaluation.summary import NOTES, evaluate_folders, format_table
+from osmedseg.utilities.writability import check_writable_file
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="osm_evaluate", description=__doc__)
     parser.add_argument("-ref", required=True, metavar="REF_DIR", help="folder of reference label maps")
     parser.add_argument("-pred", required=True, metavar="PRED_DIR",
@@ -23,15 +23,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", dest="output", default=None, help="output file (default PRED_DIR/summary.json)")
     parser.add_argument("-np", dest="num_processes", type=int, default=2,
                         help="worker processes (default 2; 0 evaluates in this process)")
-    args = parser.parse_args(argv)
-    if args.num_processes < 0:
-        raise OsmError(f"-np must be 0 or more, got {args.num_processes}")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    args = parse_checked(build_parser(), argv)
     labels = args.labels
     if labels is None and args.djfile is not None:
         labels = foreground_labels(load_dataset_json_file(args.djfile))
-    if labels is not None and min(labels) < 0:
-        raise OsmError(f"-l: labels must be non-negative, got {labels}")
     output = args.output or os.path.join(args.pred, "summary.json")
+    check_writable_file(output, "-o")
     summary = evaluate_folders(args.ref, args.pred, labels, output, args.num_processes)
     for note in summary["notes"]:
         if note not in NOTES:

@@ -5,6 +5,7 @@ import argparse
 import os
 import time
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_seed_arg, cli_entry
 from osmedseg.dataset.demo import DEMO_DATASET_NAME, complete_demo_record, create_demo_dataset
 from osmedseg.paths import root_folder
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
     """Create the demo dataset, or report that a complete one is already there."""
-    args = _parser().parse_args(argv)
+    args = parse_checked(_parser(), argv)
     raw = root_folder("raw", args.raw)
     kept = not args.overwrite and complete_demo_record(os.path.join(raw, DEMO_DATASET_NAME)) is not None
     start = time.perf_counter()

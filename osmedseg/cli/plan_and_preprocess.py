@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
 from osmedseg.dataset.locate import locate_raw_dataset
 from osmedseg.paths import root_folder
 from osmedseg.planning.plan_and_preprocess import plan_and_preprocess
 from osmedseg.planning.plans import Plans
+from osmedseg.utilities.writability import check_writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +49,9 @@ def summarize(plans: Plans) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     raw_root, preprocessed_root = root_folder("raw", args.raw), root_folder("preprocessed", args.preprocessed)
+    check_writable_folder(preprocessed_root, "--preprocessed")
     for spec in args.datasets:
         folder = locate_raw_dataset(spec, raw_root)
         plans = plan_and_preprocess(folder, preprocessed_root, args.planner, args.gpu_memory_target,

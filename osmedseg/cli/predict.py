@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
+from osmedseg.cli.preflight import check_prediction
 from osmedseg.errors import OsmError
 from osmedseg.inference.predictor import Predictor
 from osmedseg.inference.registration_predictor import RegistrationPredictor
@@ -58,15 +60,12 @@ def model_folder(args: argparse.Namespace) -> RunFolder:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     run = model_folder(args)
     run.require()
-    if not 0 < args.step_size <= 1:
-        raise OsmError(f"-step_size must be in (0, 1], got {args.step_size}")
-    if args.tile_batch_size < 1:
-        raise OsmError(f"-tile_batch_size must be at least 1, got {args.tile_batch_size}")
     if args.save_probabilities and args.method != "student":
         raise OsmError("--save_probabilities is only available for -method student")
+    check_prediction(args, run)
     if args.method == "student":
         predictor = Predictor(run, args.checkpoint, args.device, args.step_size, args.tile_batch_size,
                               not args.disable_tta)

@@ -4,14 +4,19 @@ from __future__ import annotations
 import argparse
 import os
 
+from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_dataset_arg, add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
 from osmedseg.dataset.dataset_json import load_dataset_json_file
+from osmedseg.errors import OsmError
 from osmedseg.paths import resolve_dataset_name, root_folder
 from osmedseg.planning.plans import load_plans
+from osmedseg.preprocessing.cache import list_cached_cases
+from osmedseg.run_folder import FINAL, REGISTRATION
 from osmedseg.synthesis.appearance_transfer import APPEARANCE_TRANSFERS
-from osmedseg.training.distillation_stage import check_options as check_distillation_options
 from osmedseg.training.method_trainer import MethodTrainer
 from osmedseg.utilities.class_lookup import find_class
+from osmedseg.utilities.device import resolve_device
+from osmedseg.utilities.writability import check_writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,11 +93,30 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
     return {stage: {k: v for k, v in values.items() if v is not None} for stage, values in options.items()}
 
 
+def check_training(trainer: MethodTrainer, results_root: str, device: str, only_stage: str | None,
+                   reuse_from: str | None) -> None:
+    """What ``MethodTrainer.run`` would find out only after creating the run folder (it checks ``-stage`` itself)."""
+    check_writable_folder(results_root, "--results")
+    resolve_device(device)
+    run = trainer.run_folder
+    registration = run.checkpoint(REGISTRATION, FINAL)
+    if reuse_from:
+        source = run.sibling(reuse_from, trainer.plans.plans_name).stage(REGISTRATION)
+        if not os.path.isfile(registration) and not os.path.isfile(os.path.join(source, FINAL)):
+            raise OsmError(f"-reuse_registration {reuse_from}: {source} has no finished registration stage "
+                           f"(train {reuse_from} first)")
+    elif only_stage in ("synthesis", "distillation") and not os.path.isfile(registration):
+        raise OsmError(f"-stage {only_stage}: {os.path.dirname(registration)} has no finished registration stage; "
+                       "run osm_train -stage registration first")
+    if only_stage == "distillation" and len(list_cached_cases(run.synthesis_folder)) < 2:
+        raise OsmError(f"-stage distillation: {run.synthesis_folder} holds no synthesised samples; run osm_train "
+                       "-stage synthesis first")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_checked(build_parser(), argv)
     options = stage_options(args)
-    check_distillation_options(options["distillation"])
     preprocessed_root = root_folder("preprocessed", args.preprocessed)
     results_root = root_folder("results", args.results)
     dataset_name = resolve_dataset_name(args.dataset, [preprocessed_root])
@@ -101,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer_class = find_class("osmedseg.training.trainers", args.trainer, MethodTrainer)
     trainer = trainer_class(plans, load_dataset_json_file(os.path.join(folder, "dataset.json")), folder, results_root,
                             args.device, args.epochs, args.iters, args.seed, args.no_pbar, options)
+    check_training(trainer, results_root, args.device, args.stage, args.reuse_registration)
     trainer.run(args.stage, args.resume, args.reuse_registration)
 
 

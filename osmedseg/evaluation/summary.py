@@ -123,6 +123,10 @@ def summarize(cases: list[dict], labels: list[int], notes: list[str]) -> dict:
         n_ref, n_pred = table["n_ref"] > 0, table["n_pred"] > 0
         mean[key]["n_empty"] = int(np.sum(n_ref != n_pred))
         mean[key]["n_absent"] = int(np.sum(~n_ref & ~n_pred))
+    missing = [key for key in mean if mean[key]["n_absent"] == len(per_case)]
+    if missing:
+        notes = notes + [f"label(s) {', '.join(missing)} occur in no reference and no prediction: their metrics are "
+                         "NaN (check -l / -djfile)"]
     foreground = {m: _nanmean(np.array([mean[k][m] for k in mean], dtype=np.float64)) for m in METRICS}
     case_means = {m: np.array([c["foreground_mean"][m] for c in per_case], dtype=np.float64) for m in CASE_METRICS}
     per_subject = {"mean": {m: _nanmean(v) for m, v in case_means.items()},

@@ -16,6 +16,7 @@ from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, 
 from osmedseg.inference.sliding_window import predict_sliding_window
 from osmedseg.run_folder import DATASET_JSON, RunFolder
 from osmedseg.utilities.device import resolve_device
+from osmedseg.utilities.checkpoint import load_checkpoint
 
 
 def check_channel_count(image: np.ndarray, expected: int, name: str) -> None:
@@ -43,7 +44,8 @@ class Predictor:
         if not os.path.isfile(path):
             raise OsmError(f"{path}: checkpoint not found; train first (osm_train) or pick another with -chk")
         self.device = resolve_device(device)
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(path, self.device, ("state_dict", "architecture", "in_channels", "num_classes"),
+                                "student (student_final.pth / student_best.pth)")
         self.num_channels, self.num_classes = state["in_channels"], state["num_classes"]
         self.network = build_network(state["architecture"], self.num_channels, self.num_classes, "student",
                                      hint_layers=0).to(self.device)

@@ -68,6 +68,8 @@ def predict_folder(predictor: CasePredictor, input_folder: str, output_folder: s
             nxt = index + num_readers + 1
             if nxt < len(todo):
                 pending_reads[todo[nxt]] = readers.submit(_read, cases[todo[nxt]], predictor)
+            for future in [f for f in writes if f.done()]:
+                future.result()  # a failed write (e.g. a full disk) stops the run before the next case
             start = time.time()
             image, geometry = pending_reads.pop(case_id).result()
             segmentation, probabilities = predictor.predict_array(image, geometry, save_probabilities)

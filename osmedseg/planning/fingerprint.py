@@ -53,6 +53,7 @@ def _case_fingerprint(item: tuple[str, Case], declared: list[int], seed: int) ->
         "bbox": [[int(a), int(b)] for a, b in bbox],
         "shape_before_crop": list(image.shape[1:]), "shape_after_crop": list(cropped.shape[1:]),
         "relative_size_after_cropping": float(np.prod(cropped.shape[1:]) / np.prod(image.shape[1:])),
+        "channel_ranges": [[float(channel.min()), float(channel.max())] for channel in image],
         "nonzero_samples": [_sample(channel[nonzero], rng) for channel in cropped],
     }
     if label is not None:

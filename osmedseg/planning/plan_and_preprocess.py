@@ -7,9 +7,11 @@ import shutil
 from osmedseg.dataset.cases import load_raw_dataset
 from osmedseg.dataset.integrity import verify_dataset_integrity
 from osmedseg.planning.fingerprint import extract_fingerprint, save_fingerprint
+from osmedseg.planning.input_checks import check_atlases, check_target_spacing
 from osmedseg.planning.planner import ExperimentPlanner
 from osmedseg.planning.plans import Plans, save_plans
-from osmedseg.preprocessing.run import preprocess_dataset
+from osmedseg.preprocessing.alignment_report import check_some_unlabeled_aligned
+from osmedseg.preprocessing.run import ALIGNMENT_REPORT, preprocess_dataset
 from osmedseg.utilities.atomic import atomic_path
 from osmedseg.utilities.class_lookup import find_class
 
@@ -28,14 +30,19 @@ def plan_and_preprocess(raw_dataset_folder: str, preprocessed_root: str, planner
         verify_dataset_integrity(dataset, num_processes, disable_pbar)
     out = os.path.join(preprocessed_root, dataset.name)
     fingerprint = extract_fingerprint(dataset, num_processes, disable_pbar=disable_pbar)
+    check_atlases(dataset, fingerprint)
+    planner = planner_class(fingerprint, gpu_memory_target_gb, overwrite_target_spacing)
+    if overwrite_target_spacing:
+        check_target_spacing(overwrite_target_spacing, planner.median_shape_at(planner.target_spacing()), fingerprint)
+    plans = planner.plan()  # planned before anything is written: a failure leaves no fingerprint behind
+    plans["seed"] = seed
     os.makedirs(out, exist_ok=True)
     save_fingerprint(fingerprint, out)
-    plans = planner_class(fingerprint, gpu_memory_target_gb, overwrite_target_spacing).plan()
-    plans["seed"] = seed
     path = save_plans(plans, out)
     with atomic_path(os.path.join(out, "dataset.json")) as tmp:
         shutil.copyfile(os.path.join(raw_dataset_folder, "dataset.json"), tmp)
     typed = Plans.load(path)
     if preprocess:
-        preprocess_dataset(dataset, typed, out, num_processes, seed, disable_pbar)
+        report = preprocess_dataset(dataset, typed, out, num_processes, seed, disable_pbar)
+        check_some_unlabeled_aligned(report, os.path.join(out, typed.registration.data_identifier, ALIGNMENT_REPORT))
     return typed

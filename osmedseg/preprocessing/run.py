@@ -7,7 +7,6 @@ are never read here: they are preprocessed by the predictor, with the same funct
 from __future__ import annotations
 
 import os
-import sys
 
 from osmedseg.dataset.cases import Case, RawDataset
 from osmedseg.dataset.dataset_json import label_values
@@ -15,6 +14,7 @@ from osmedseg.dataset.integrity import check_label_against_image
 from osmedseg.io import read_image, read_label
 from osmedseg.planning.plans import Plans
 from osmedseg.preprocessing.affine_alignment import AlignmentResult, align_to_atlas
+from osmedseg.preprocessing.alignment_report import warn_failed_alignments
 from osmedseg.preprocessing.cache import (configuration_hash, is_complete, list_cached_cases, read_array,
                                           read_properties, remove_case, write_case)
 from osmedseg.preprocessing.registration_preprocessor import preprocess_into_grid
@@ -103,9 +103,7 @@ def preprocess_dataset(dataset: RawDataset, plans: Plans, preprocessed_dataset_f
     rows = [preprocessor(cases[0], atlas_id)]  # the fixed image of every alignment comes first
     rows += map_cases(preprocessor, cases[1:], num_processes, "preprocess", disable_pbar, atlas_id=atlas_id)
     report = {"cases": rows, "failed": [r["case_id"] for r in rows if not r["converged"]]}
-    save_json_atomic(report, os.path.join(preprocessor.folders["registration"], ALIGNMENT_REPORT))
-    for row in rows:
-        if not row["converged"]:
-            print(f"WARNING: affine alignment of {row['case_id']} ({row['role']}) to the atlas failed: "
-                  f"{row['message']}; it will not be used for training", file=sys.stderr)
+    report_file = os.path.join(preprocessor.folders["registration"], ALIGNMENT_REPORT)
+    save_json_atomic(report, report_file)
+    warn_failed_alignments(report, report_file)
     return report

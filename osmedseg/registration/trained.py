@@ -24,6 +24,7 @@ from osmedseg.registration.inference import inverse_flow
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.run_folder import CONFIG_FILE, FINAL, REGISTRATION, RunFolder
 from osmedseg.utilities.atomic import save_npz_atomic
+from osmedseg.utilities.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -77,7 +78,7 @@ class TrainedRegistration:
                                "(osm_train -stage registration)")
             options = run.load_json(os.path.join(REGISTRATION, CONFIG_FILE))
             modules = build_registration_modules(plans.registration, atlas.grid_image.shape[0], options)
-            state = torch.load(checkpoint, map_location=device, weights_only=False)
+            state = load_checkpoint(checkpoint, device, ("modules",), "registration")
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
                 module.to(device).eval()

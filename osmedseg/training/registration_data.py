@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from functools import lru_cache
 
 import numpy as np
 
-from osmedseg.errors import OsmError
+from osmedseg.errors import OsmError, warn
 from osmedseg.preprocessing.cache import list_cached_cases, read_array, read_case, read_properties
 
 
@@ -20,21 +19,23 @@ class RegistrationVolumes:
         self.folder = folder
         roles: dict[str, list[str]] = {"atlas": [], "unlabeled": []}
         self.refused: list[str] = []
+        reasons = []
         for case_id in list_cached_cases(folder):
             properties = read_properties(folder, case_id)
             if properties["role"] not in roles:
                 continue
             if not properties["alignment"]["converged"]:
                 self.refused.append(case_id)
+                reasons.append(f"{case_id} ({properties['alignment']['message']})")
                 continue
             roles[properties["role"]].append(case_id)
-        if self.refused:
-            print(f"refusing {len(self.refused)} volume(s) whose affine alignment to the atlas failed: "
-                  f"{', '.join(self.refused)} (see alignment_report.json)", file=sys.stderr)
         self.atlas_id = roles["atlas"][0]
         self.unlabeled_ids = roles["unlabeled"]
+        refused = f"refusing {len(reasons)} volume(s) whose affine alignment to the atlas failed: {'; '.join(reasons)}"
         if not self.unlabeled_ids:
-            raise OsmError(f"{folder}: no unlabeled volume with a successful affine alignment to train on")
+            raise OsmError(f"{folder}: no unlabeled volume with a successful affine alignment to train on; {refused}")
+        if self.refused:
+            warn(refused)
         self._load = lru_cache(maxsize=max_cached)(self._read)
 
     def _read(self, case_id: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

@@ -200,9 +200,9 @@ class StageTrainer:
                 try:
                     values = self.train_step(rng)
                 except FloatingPointError:
+                    kept = f"last good checkpoint kept at {latest}" if os.path.isfile(latest) else "no checkpoint yet"
                     raise OsmError(f"{self.folder}: loss became NaN/Inf at epoch {self.epoch + 1}, iteration "
-                                   f"{iteration + 1}; training stopped, last good checkpoint kept at "
-                                   f"{latest}") from None
+                                   f"{iteration + 1}; training stopped, {kept}") from None
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + value
                 bar.set_postfix(loss=f"{values.get('loss', 0.0):.4f}")

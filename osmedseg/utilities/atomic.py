@@ -1,33 +1,55 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename."""
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+A write that fails because the disk is full, the quota is exceeded or the folder is read-only becomes a one-line
+OsmError naming the file (writers that do not raise OSError, such as SimpleITK's, are recognised by the free space
+left when they fail).
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
 
+from osmedseg.errors import OsmError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _TEMPORARY = re.compile(r"^\.tmp_(\d+)_")
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EISDIR}
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed write is blamed on the full disk
 
 
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     base = os.path.basename(path)
-    # keep the full ending (e.g. .nii.gz) so writers that pick a format by name still work
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix=f"_{base}", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        # keep the full ending (e.g. .nii.gz) so writers that pick a format by name still work
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix=f"_{base}", dir=folder)
+    except OSError as e:
+        raise OsmError(f"{path}: cannot write ({e.strerror})") from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates owner-only files; give outputs the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in _WRITE_ERRORS:
+            raise OsmError(f"{path}: cannot write ({e.strerror})") from None
+        raise
+    except Exception:
+        if shutil.disk_usage(folder).free < _NEARLY_FULL:
+            raise OsmError(f"{path}: cannot write (no space left on device)") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -9,9 +9,12 @@ segmentation cache.
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 from tqdm import tqdm
 
+from osmedseg.errors import OsmError
 from osmedseg.preprocessing.affine_alignment import AlignmentResult
 from osmedseg.preprocessing.cache import case_files, is_complete, list_cached_cases, read_case, read_properties
 from osmedseg.preprocessing.segmentation_preprocessor import preprocessed_frame
@@ -55,7 +58,13 @@ class CaseCaches:
 
     def __init__(self, segmentation: str, registration: str):
         self.segmentation, self.registration = segmentation, registration
-        self.atlas_id = list_cached_cases(registration, "atlas")[0]
+
+    @cached_property
+    def atlas_id(self) -> str:
+        atlases = list_cached_cases(self.registration, "atlas")
+        if not atlases:
+            raise OsmError(f"{self.registration}: no preprocessed atlas; run osm_plan_and_preprocess first")
+        return atlases[0]
 
     def real(self, case_id: str) -> np.ndarray:
         """A case's image on the student's route (its segmentation cache)."""

@@ -60,14 +60,8 @@ class MethodTrainer:
             DISTILLATION: {**self.distillation_options, **given.get(DISTILLATION, {}), **method},
         }
         self.disable_pbar = disable_pbar
-        self.caches = CaseCaches(self._cache(plans.segmentation.data_identifier),
-                                 self._cache(plans.registration.data_identifier))
-
-    def _cache(self, identifier: str) -> str:
-        folder = os.path.join(self.preprocessed_dataset_folder, identifier)
-        if not os.path.isdir(folder):
-            raise OsmError(f"{folder}: preprocessed cache missing; run osm_plan_and_preprocess first")
-        return folder
+        self.caches = CaseCaches(os.path.join(preprocessed_dataset_folder, plans.segmentation.data_identifier),
+                                 os.path.join(preprocessed_dataset_folder, plans.registration.data_identifier))
 
     def make_stage(self, name: str) -> StageTrainer:
         """Instantiate the stage ``name`` with its own options."""

@@ -49,7 +49,7 @@ def model(tmp_path_factory) -> dict:
     os.makedirs(os.path.join(run_folder, "registration"))
     for name in (PLANS_FILE, "dataset.json", FINGERPRINT_FILE):
         shutil.copyfile(os.path.join(dataset, name), os.path.join(run_folder, name))
-    architecture = load_plans(dataset)["configurations"]["segmentation"]["architecture"]
+    architecture = load_plans(dataset).segmentation.architecture
     network = build_network(architecture, 1, 3, "student", hint_layers=0)
     torch.save({"state_dict": network.state_dict(), "architecture": architecture, "in_channels": 1,
                 "num_classes": 3, "hint_layers": 0}, os.path.join(run_folder, "distillation", "student_final.pth"))
@@ -155,7 +155,7 @@ def _plan_every_alignment_failed(c):
         write_image(noise, path, GEOMETRY)
     c.new_folders_allowed.append(c.path("pre"))  # the finished caches stay: a rerun reuses them
     c.warnings = 1  # the one line naming the failed volumes comes first
-    return c.plan("-c", "registration"), ["alignment_report.json", "every unlabeled volume"]
+    return c.plan(), ["alignment_report.json", "every unlabeled volume"]
 
 
 def _plan_preprocessed_is_a_file(c):

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("-lambda_contrast", type=float, default=None)
     reg.add_argument("-reg_lr", type=float, default=None, help="registration learning rate")
     reg.add_argument("--appearance", action="store_true", help="also learn the appearance model (METHODS 2.2)")
+    reg.add_argument("--no_early_stopping", action="store_true",
+                     help="train every registration epoch (default: stop on a plateau of the label-free validation "
+                          "similarity)")
     syn = parser.add_argument_group("synthesis stage")
     syn.add_argument("-appearance_transfer", choices=APPEARANCE_TRANSFERS, default=None,
                      help="give each synthesised image its real target's appearance: histogram (default) or none")
@@ -81,7 +84,8 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
         "registration": {"network": args.reg_network, "similarity": args.similarity,
                          "lambda_smooth": args.lambda_smooth, "lambda_contrast": args.lambda_contrast,
                          "registration_lr": args.reg_lr, "diffeomorphic": False if args.no_diffeomorphic else None,
-                         "appearance": True if args.appearance else None, "compile": compile_flag},
+                         "appearance": True if args.appearance else None, "compile": compile_flag,
+                         "early_stopping": False if args.no_early_stopping else None},
         "synthesis": {"appearance_transfer": args.appearance_transfer},
         "distillation": {"lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec,
                          "lambda_hint": args.lambda_hint, "hint_layers": args.hint_layers,

@@ -34,6 +34,7 @@ class ExperimentPlanner:
     registration_maps_per_level = 18       # two encoders and the decoder, see topology.MAPS_PER_STAGE
     registration_max_levels = 4
     registration_margin = 0.1              # grid margin around the atlas's nonzero box, per side, as a fraction
+    cpu_registration_voxels = 64**3        # compute cap of the registration grid when training on CPU
 
     def __init__(self, fingerprint: dict, gpu_memory_target_gb: float | None = None,
                  overwrite_target_spacing: list[float] | None = None):
@@ -144,12 +145,21 @@ class ExperimentPlanner:
                     for level, f in enumerate(features))
         return float(total * 4 * self.registration_targets_per_step)
 
+    def registration_fits(self, shape: list[int], needed_bytes: float) -> bool:
+        """Whether a registration grid fits the budget: memory always; on CPU also compute (``cpu_registration_voxels``:
+        a finer grid makes every iteration so slow that the stage cannot be trained long enough)."""
+        if needed_bytes > self.memory_budget_bytes:
+            return False
+        return self.gpu_memory_target_gb is not None or np.prod(shape) <= self.cpu_registration_voxels
+
     def plan_registration(self, segmentation_spacing: list[float]) -> dict:
         """A whole-volume grid in the atlas frame: the atlas's nonzero box plus a margin, at the finest spacing that
         fits.
 
-        Starts at the segmentation spacing and coarsens by 10% steps (the finer axes first) until the network fits;
-        the grid is rounded up to a multiple of ``2**levels`` and centred on the atlas's nonzero box.
+        Starts at the segmentation spacing and coarsens by 10% steps (the finer axes first) until the network fits
+        the memory budget and, on CPU, the compute cap; the grid is rounded up to a multiple of ``2**levels`` and
+        centred on the atlas's nonzero box. Synthesis and the registration predictor read the flow by trilinear
+        interpolation, so labels are still mapped at the segmentation spacing.
         """
         atlas = self._atlas_case()
         extent = np.asarray([b - a for a, b in atlas["bbox"]], dtype=float) * np.asarray(atlas["spacing"]) \
@@ -161,7 +171,7 @@ class ExperimentPlanner:
             divisor = 2**levels
             shape = [int(np.ceil(s / divisor) * divisor) for s in raw_shape]
             needed = self._registration_bytes(shape, levels)
-            if needed <= self.memory_budget_bytes or raw_shape.min() <= 4 * divisor:
+            if self.registration_fits(shape, needed) or raw_shape.min() <= 4 * divisor:
                 break
             finer = spacing < spacing.max() / 1.1  # coarsen the finer axes first (anisotropic data)
             spacing = np.where(finer, spacing * 1.1, spacing) if finer.any() else spacing * 1.1

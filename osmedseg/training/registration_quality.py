@@ -23,15 +23,15 @@ SHEET_PAIRS = 3
 
 
 @torch.inference_mode()
-def warped_similarity(registration: TrainedRegistration, volumes: RegistrationVolumes, case_id: str,
-                      flow: torch.Tensor) -> float:
-    """Local NCC (1 = perfect) of the atlas warped by ``flow`` with a volume, inside both fields of view."""
-    device = registration.device
+def warped_similarity(atlas: torch.Tensor, volumes: RegistrationVolumes, case_id: str, flow: torch.Tensor) -> float:
+    """Local NCC (1 = perfect) of the atlas (C x D x H x W on the grid) warped by ``flow`` with a volume, inside
+    both fields of view."""
+    device = flow.device
     target = torch.from_numpy(volumes.image(case_id))[None].to(device)
     atlas_view = torch.from_numpy(volumes.field_of_view(volumes.atlas_id))[None, None].to(device, torch.float32)
     target_view = torch.from_numpy(volumes.field_of_view(case_id))[None, None].to(device, torch.float32)
     overlap = target_view * (warp(atlas_view, flow) > 0.5)
-    return 1.0 - float(LocalNCC()(warp(registration.atlas_grid, flow), target, overlap))
+    return 1.0 - float(LocalNCC()(warp(atlas[None], flow), target, overlap))
 
 
 def write_registration_quality(registration: TrainedRegistration, volumes: RegistrationVolumes, folder: str,
@@ -43,8 +43,8 @@ def write_registration_quality(registration: TrainedRegistration, volumes: Regis
     for case_id in volumes.unlabeled_ids:
         flow = registration.network_output(volumes.image(case_id))["flow"]
         per_case.append({"case_id": case_id, "folding_percent": 100.0 * folding_fraction(flow),
-                         "similarity_learned": warped_similarity(registration, volumes, case_id, flow),
-                         "similarity_affine": warped_similarity(registration, volumes, case_id,
+                         "similarity_learned": warped_similarity(registration.atlas_grid[0], volumes, case_id, flow),
+                         "similarity_affine": warped_similarity(registration.atlas_grid[0], volumes, case_id,
                                                                 torch.zeros_like(flow))})
         if len(sheet_images) < 2 * SHEET_PAIRS:
             label = warp_labels(atlas_label, flow)[0, 0].cpu().numpy()

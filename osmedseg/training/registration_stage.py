@@ -16,7 +16,7 @@ from osmedseg.registration.losses import RegistrationLoss
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.registration.trained import AtlasArrays, TrainedRegistration
 from osmedseg.training.registration_data import RegistrationVolumes
-from osmedseg.training.registration_quality import write_registration_quality
+from osmedseg.training.registration_quality import warped_similarity, write_registration_quality
 from osmedseg.training.stage_trainer import StageTrainer
 
 
@@ -24,24 +24,38 @@ class RegistrationStage(StageTrainer):
     """Trains the registration network (and optionally the appearance model) of the plans' registration grid.
 
     Options: ``network`` ('contrastive' | 'voxelmorph'), ``diffeomorphic`` (bool), ``similarity`` ('ncc' | 'mse'),
-    ``lambda_smooth``, ``lambda_contrast``, ``registration_lr``, ``appearance`` (bool). The similarity is computed
-    only where the target's field of view and the warped atlas's overlap: padding is not an edge to match.
+    ``lambda_smooth``, ``lambda_contrast``, ``registration_lr``, ``appearance`` (bool), ``early_stopping`` (bool).
+    The similarity is computed only where the target's field of view and the warped atlas's overlap: padding is not
+    an edge to match.
+
+    After each epoch the warped atlas's local NCC with up to ``VALIDATION_VOLUMES`` unlabeled volumes is measured
+    (label-free); they are held out of training when there are at least ``2 * VALIDATION_VOLUMES`` volumes. The stage
+    stops once that similarity has not improved by ``PLATEAU_DELTA`` for ``PATIENCE`` epochs (after ``MIN_EPOCHS``);
+    the epoch count is then the maximum.
     """
 
     stage_name = "registration"
     default_epochs = 20
     iterations_per_epoch = 25
     defaults = {"network": "contrastive", "diffeomorphic": True, "similarity": "ncc", "lambda_smooth": 1.0,
-                "lambda_contrast": 1e-4, "registration_lr": 3e-4, "appearance": False}
+                "lambda_contrast": 1e-4, "registration_lr": 3e-4, "appearance": False, "early_stopping": True}
+    VALIDATION_VOLUMES, PLATEAU_DELTA, PATIENCE, MIN_EPOCHS = 4, 1e-3, 3, 4
 
     def __init__(self, *args, **options):
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
+        self.best_similarity: float | None = None
+        self.epochs_since_best = 0
 
     def build(self) -> None:
         configuration = self.plans.registration
         self.volumes = RegistrationVolumes(os.path.join(self.preprocessed_dataset_folder,
                                                         configuration.data_identifier))
         self.targets_per_step = configuration.targets_per_step
+        ids = self.volumes.unlabeled_ids
+        count = min(self.VALIDATION_VOLUMES, len(ids))
+        self.validation_ids = [ids[i] for i in np.random.default_rng(self.seed).permutation(len(ids))[:count]]
+        held_out = len(ids) >= 2 * self.VALIDATION_VOLUMES
+        self.training_ids = [c for c in ids if c not in self.validation_ids] if held_out else list(ids)
         atlas = self.volumes.image(self.volumes.atlas_id)
         self.atlas = torch.from_numpy(atlas)[None].to(self.device)
         self.atlas_field_of_view = torch.from_numpy(self.volumes.field_of_view(self.volumes.atlas_id))[None, None]
@@ -54,7 +68,7 @@ class RegistrationStage(StageTrainer):
                                      lambda_contrast=self.options["lambda_contrast"]).to(self.device)
 
     def _targets(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = self.volumes.unlabeled_ids
+        ids = self.training_ids
         chosen = [ids[i] for i in rng.choice(len(ids), self.targets_per_step, replace=len(ids) < self.targets_per_step)]
         images = torch.from_numpy(np.stack([self.volumes.image(c) for c in chosen])).to(self.device)
         views = torch.from_numpy(np.stack([self.volumes.field_of_view(c) for c in chosen]))[:, None]
@@ -86,6 +100,31 @@ class RegistrationStage(StageTrainer):
             loss, parts = appearance_loss(atlas, psi, flow, targets, self.atlas_label.to(self.device))
         self.backward_and_step(loss, ["appearance"])
         return parts["total"]
+
+    def end_of_epoch(self) -> dict[str, float]:
+        """Label-free validation: similarity of the warped atlas with the validation volumes; plateau detection."""
+        network = self.modules["registration"]
+        network.eval()
+        with torch.inference_mode():
+            scores = [warped_similarity(self.atlas[0], self.volumes, case_id, network(
+                self.atlas, torch.from_numpy(self.volumes.image(case_id))[None].to(self.device))["flow"].float())
+                for case_id in self.validation_ids]
+        network.train()
+        similarity = float(np.mean(scores))
+        if self.best_similarity is None or similarity > self.best_similarity + self.PLATEAU_DELTA:
+            self.best_similarity, self.epochs_since_best = similarity, 0
+        else:
+            self.epochs_since_best += 1
+        self.stop_early = (self.options["early_stopping"] and self.epoch >= self.MIN_EPOCHS
+                           and self.epochs_since_best >= self.PATIENCE)
+        return {"validation_similarity": similarity}
+
+    def extra_state(self) -> dict:
+        return {"best_similarity": self.best_similarity, "epochs_since_best": self.epochs_since_best}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.best_similarity = extra.get("best_similarity")
+        self.epochs_since_best = extra.get("epochs_since_best", 0)
 
     def atlas_arrays(self) -> AtlasArrays:
         """The atlas on the grid and in its segmentation frame, as the trained registration needs it."""

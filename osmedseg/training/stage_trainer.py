@@ -62,6 +62,7 @@ class StageTrainer:
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.epoch = 0
         self.iteration = 0  # global step of the current train_step, counted from the start of the stage
+        self.stop_early = False  # set by ``end_of_epoch`` (e.g. a validation plateau): the stage ends there
         self.use_amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
@@ -152,6 +153,14 @@ class StageTrainer:
                 "iterations_per_epoch": self.iterations_per_epoch, "seed": self.seed, "device": str(self.device),
                 "amp": self.use_amp, **{k: v for k, v in self.options.items() if _jsonable(v)}}
 
+    def _all_ranks_stop(self) -> bool:
+        """Rank 0's ``stop_early``, shared with every rank under torchrun."""
+        if self.world_size == 1:
+            return self.stop_early
+        flag = torch.tensor([float(self.stop_early)], device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
     def is_finished(self) -> bool:
         return os.path.isfile(self.checkpoint_path(FINAL))
 
@@ -214,6 +223,10 @@ class StageTrainer:
                 averages.update(self.end_of_epoch())
                 log.end_epoch(self.epoch - 1, averages, time.time() - start, self.iterations_per_epoch)
                 torch_save_atomic(self.state(log, rng), latest)
+            if self._all_ranks_stop():
+                log.message(f"{self.stage_name}: validation plateau, stopping after epoch {self.epoch} of "
+                            f"{self.epochs}")
+                break
         if self.is_main:
             torch_save_atomic(self.state(log, rng), self.checkpoint_path(FINAL))
             self.end_of_training()

@@ -139,7 +139,7 @@ def test_huge_data_shrinks_patch_to_the_cpu_budget():
     assert seg["estimated_training_memory_gb"] > 0.5 * plans["memory_budget_gb"]  # but not needlessly small
     assert len(seg["architecture"]["strides"]) >= 4
     reg = plans["configurations"]["registration"]
-    assert reg["spacing"][0] > 0.5 and reg["levels"] == ExperimentPlanner.registration_max_levels  # coarsened
+    assert reg["spacing"][0] > 0.5 and np.prod(reg["shape"]) <= ExperimentPlanner.cpu_registration_voxels  # coarsened
 
 
 def test_gpu_budget_plans_larger():
@@ -153,6 +153,17 @@ def test_gpu_budget_plans_larger():
     assert g["estimated_training_memory_gb"] > 4 * c["estimated_training_memory_gb"]
     cr, gr = cpu["configurations"]["registration"], gpu["configurations"]["registration"]
     assert gr["spacing"][0] < cr["spacing"][0] and np.prod(gr["shape"]) > np.prod(cr["shape"])
+
+
+def test_cpu_registration_grid_respects_the_compute_cap():
+    """A large input (20 brains of 160 x 192 x 224 at 1 mm): on CPU the registration grid is coarsened to the
+    compute cap (the memory budget alone would allow a grid too slow to train), on a GPU only memory limits it."""
+    fingerprint = make_fingerprint([(1.0, 1.0, 1.0)] * 20, [(160, 192, 224)] * 20)
+    cpu = _plan(fingerprint)["configurations"]["registration"]
+    assert np.prod(cpu["shape"]) <= ExperimentPlanner.cpu_registration_voxels
+    assert cpu["estimated_training_memory_gb"] <= ExperimentPlanner.cpu_memory_budget_gb
+    gpu = _plan(fingerprint, gpu_memory_target_gb=80)["configurations"]["registration"]
+    assert np.prod(gpu["shape"]) > 4 * ExperimentPlanner.cpu_registration_voxels
 
 
 def test_small_data_on_a_big_gpu_raises_the_batch():

@@ -6,7 +6,7 @@ minutes and prediction seconds per case. Writes the table as Markdown and JSON a
 case of the best method into --out.
 
     python benchmarks/quality.py -d Demo                       # the README's main job
-    python benchmarks/quality.py -d Dataset001_Prostate --reg_epochs 20 --distill_epochs 40
+    python benchmarks/quality.py -d Dataset001_Prostate --reg_epochs 0 --distill_epochs 0   # osm_train's defaults
 
 Data roots come from osmedseg_raw / osmedseg_preprocessed / osmedseg_results, else ./osmedseg_data/.
 """
@@ -128,8 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", dest="dataset", default="Demo",
                         help="dataset id or name (default Demo, created if missing)")
-    parser.add_argument("--reg_epochs", type=int, default=5, help="registration epochs (25 iterations each)")
-    parser.add_argument("--distill_epochs", type=int, default=8, help="distillation epochs (50 iterations each)")
+    parser.add_argument("--reg_epochs", type=int, default=5,
+                        help="registration epochs (25 iterations each; 0 = osm_train's default schedule)")
+    parser.add_argument("--distill_epochs", type=int, default=8,
+                        help="distillation epochs (50 iterations each; 0 = osm_train's default schedule)")
     parser.add_argument("--reg_lr", type=float, default=None, help="registration learning rate (default: osm_train's)")
     parser.add_argument("--extra_trainers", nargs="*", default=[], help="further trainers to add as rows")
     parser.add_argument("-device", default="cpu")
@@ -152,10 +154,12 @@ def main() -> None:
 
     run(["osm_plan_and_preprocess", "-d", name, "--no_pbar"])
     lr = ["-reg_lr", str(args.reg_lr)] if args.reg_lr else []
-    registration_seconds = run(["osm_train", *common, "-stage", "registration", "--epochs", str(args.reg_epochs), *lr])
+    reg_budget = ["--epochs", str(args.reg_epochs)] if args.reg_epochs else []
+    distill_budget = ["--epochs", str(args.distill_epochs)] if args.distill_epochs else []
+    registration_seconds = run(["osm_train", *common, "-stage", "registration", *reg_budget, *lr])
     students = STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers)
     train_seconds = {trainer: run(["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
-                                   "--epochs", str(args.distill_epochs)]) for _, trainer in students}
+                                   *distill_budget]) for _, trainer in students}
 
     copy_seconds = copy_atlas_label(raw, os.path.join(out, "copy"))
     rows = [row("copy the atlas label", evaluate(labels, os.path.join(out, "copy"), dataset_json), None,
@@ -174,8 +178,9 @@ def main() -> None:
     best_folder = {"copy the atlas label": "copy", **{label: folder for label, folder, _ in methods}}[best["method"]]
     median_case_overlay(best, os.path.join(out, best_folder), raw, os.path.join(out, "median_case_best_method.png"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}"
-    budget = (f"registration {args.reg_epochs} x 25 iterations" + (f" (lr {args.reg_lr})" if args.reg_lr else "")
-              + f", distillation {args.distill_epochs} x 50 iterations")
+    budget = (f"registration {args.reg_epochs or 'default'} x 25 iterations"
+              + (f" (lr {args.reg_lr})" if args.reg_lr else "")
+              + f", distillation {args.distill_epochs or 'default'} x 50 iterations")
     report = f"## {name}\n\nMachine: {machine}. Budget: {budget}.\n\n{table}\n"
     with open(os.path.join(out, "quality.md"), "w") as f:
         f.write(report)

@@ -10,7 +10,9 @@ import shutil
 
 import torch.distributed
 
+from osmedseg.dataset.dataset_json import label_values
 from osmedseg.errors import OsmError
+from osmedseg.preprocessing.cache import list_cached_cases
 from osmedseg.planning.fingerprint import FINGERPRINT_FILE
 from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.registration.trained import TrainedRegistration
@@ -21,6 +23,7 @@ from osmedseg.training.distillation_stage import DistillationStage
 from osmedseg.training.registration_data import RegistrationVolumes
 from osmedseg.training.registration_stage import RegistrationStage
 from osmedseg.training.stage_trainer import StageTrainer
+from osmedseg.training.time_estimate import distillation_seconds, estimate, registration_seconds
 from osmedseg.utilities.atomic import atomic_path, save_json_atomic
 from osmedseg.utilities.device import distributed_context, init_process_group, resolve_device
 
@@ -92,6 +95,28 @@ class MethodTrainer:
                                    interpolate=options.get("interpolate_flows", True),
                                    appearance_transfer=self.options["synthesis"]["appearance_transfer"])
 
+    def print_time_estimate(self, stages: list[str]) -> None:
+        """Print the estimated minutes of the trained stages that will run (see ``time_estimate``)."""
+        device = resolve_device(self.device)
+        channels, unlabeled = self.plans.num_channels, len(list_cached_cases(self.caches.registration, "unlabeled"))
+        registration = self.registration_stage(**self.common, **self.options[REGISTRATION])
+        distillation = self.distillation_stage(**self.common, caches=self.caches, **self.options[DISTILLATION])
+        reg_options, dist_options = registration.options, distillation.options
+        validation = min(registration.VALIDATION_VOLUMES, unlabeled)
+        held_out = min(max(1, round(dist_options["validation_fraction"] * unlabeled)), max(1, unlabeled - 1))
+        seconds = estimate({
+            REGISTRATION: (lambda: registration_seconds(
+                self.plans, channels, reg_options, device, registration.epochs * registration.iterations_per_epoch,
+                registration.epochs, validation, unlabeled), REGISTRATION in stages),
+            DISTILLATION: (lambda: distillation_seconds(
+                self.plans, channels, max(label_values(self.dataset_json)) + 1, dist_options, device,
+                distillation.epochs * distillation.iterations_per_epoch, distillation.epochs, held_out),
+                DISTILLATION in stages)})
+        if seconds:
+            parts = ", ".join(f"{name} {value / 60:.1f}" for name, value in seconds.items())
+            print(f"estimated training time: {sum(seconds.values()) / 60:.1f} min ({parts}; registration is a "
+                  "maximum, it stops earlier on a validation plateau)", flush=True)
+
     def prepare_run_folder(self) -> None:
         os.makedirs(self.run_folder.path, exist_ok=True)
         self.plans.save(self.run_folder.file(PLANS_FILE))
@@ -126,6 +151,11 @@ class MethodTrainer:
         self.prepare_run_folder()
         if reuse_registration_from:
             self.reuse_registration(reuse_registration_from)
+        to_train = [name for name in (REGISTRATION, DISTILLATION) if name in self.stages
+                    and (only_stage == name or (only_stage is None and not
+                                                os.path.isfile(self.run_folder.checkpoint(name, FINAL))))]
+        if distributed_context()[0] == 0 and to_train:
+            self.print_time_estimate(to_train)
         for name in self.stages:
             if only_stage is not None and name != only_stage:
                 continue

@@ -27,3 +27,15 @@ class OSMedSegTrainer_VoxelMorph(OSMedSegTrainer):
     """Registration by the single-encoder VoxelMorph network instead of the contrastive two-stream network."""
 
     registration_options = {"network": "voxelmorph", "lambda_contrast": 0.0}
+
+
+class OSMedSegTrainer_NoRealImages(OSMedSegTrainer):
+    """The student sees synthesised images only (no real images with registration pseudo-labels)."""
+
+    distillation_options = {"real_fraction": 0.0}
+
+
+class OSMedSegTrainer_NoAppearanceTransfer(OSMedSegTrainer):
+    """Synthesised images keep the atlas's intensities (no histogram matching to the real target)."""
+
+    synthesis_options = {"appearance_transfer": "none"}

@@ -11,10 +11,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
 from tests.pipeline_fixture import DISTILLATION_ITERS, REGISTRATION_ITERS
+
+pytestmark = pytest.mark.slow  # trains models: skipped by the fast loop (-m "not slow")
 
 # Floors, and what was measured on the reduced schedule (training seeds 12345 / 1 / 2, the demo's seed 0):
 # registration vs affine-only mean Dice on the predictions in native geometry +0.023 / +0.022 / +0.046 (before the

@@ -18,6 +18,8 @@ from osmedseg.io import Geometry, read_image, read_label
 from osmedseg.run_folder import RunFolder
 from tests.pipeline_fixture import file_stamps, run_cli
 
+pytestmark = pytest.mark.slow  # trains models: skipped by the fast loop (-m "not slow")
+
 TEST_CASES = ("demo_005", "demo_006")  # the reduced demo: atlas demo_000, unlabeled demo_001..004, test demo_005..006
 
 

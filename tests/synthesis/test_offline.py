@@ -22,6 +22,8 @@ from osmedseg.run_folder import FINAL, RunFolder
 from osmedseg.synthesis.offline import CaseCaches, load_synthesized, synthesize_offline
 from tests.pipeline_fixture import file_stamps, run_cli
 
+pytestmark = pytest.mark.slow  # trains models: skipped by the fast loop (-m "not slow")
+
 ATLAS, USABLE, REFUSED = "demo_000", ["demo_001", "demo_002"], "demo_003"
 
 

@@ -15,6 +15,8 @@ from osmedseg.synthesis.on_the_fly import OnTheFlySynthesizer
 from osmedseg.training.trainers.osmedseg_trainer import OSMedSegTrainer
 from tests.pipeline_fixture import run_cli
 
+pytestmark = pytest.mark.slow  # trains models: skipped by the fast loop (-m "not slow")
+
 
 @pytest.fixture(scope="module")
 def trained_registration(small_demo, tmp_path_factory):

@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # trains models: skipped by the fast loop (-m "not slow")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,6 +1,9 @@
+
 """The stage loop under faults, on the small coarse demo (tests/pipeline_fixture.py): resume after SIGKILL, exact
 and deterministic training on CPU, the NaN guard, and atomic checkpoint writes."""
 from __future__ import annotations
+
+import pytest
 
 import glob
 import json
@@ -19,6 +22,8 @@ from osmedseg.training.registration_stage import RegistrationStage
 from osmedseg.training.stage_trainer import FINAL, LATEST
 from osmedseg.utilities.atomic import remove_stale_temporaries
 from tests.pipeline_fixture import run_cli
+
+pytestmark = pytest.mark.slow  # trains models: skipped by the fast loop (-m "not slow")
 
 
 def _argv(data: dict, results: str, *flags: str) -> list[str]:

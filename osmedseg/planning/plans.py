@@ -14,8 +14,9 @@ from osmedseg.io import Geometry
 from osmedseg.utilities.atomic import save_json_atomic
 
 PLANS_FILE = "osm_plans.json"
-TOP_LEVEL_KEYS = ("dataset_name", "plans_name", "foreground_intensity_properties_per_channel", "labels",
-                  "channel_names", "configurations")
+TOP_LEVEL_KEYS = ("dataset_name", "plans_name", "memory_budget_gb", "memory_budget_device", "original_median_spacing",
+                  "foreground_intensity_properties_per_channel", "labels", "channel_names", "configurations")
+ARCHITECTURE_KEYS = ("features_per_stage", "strides", "kernel_sizes")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Plans:
         for name in ("registration", "segmentation"):
             if name not in configurations:
                 raise OsmError(f"{path}: configuration {name!r} missing; re-run osm_plan_and_preprocess")
+        architecture = configurations["segmentation"].get("architecture", {})
+        for key in ARCHITECTURE_KEYS:
+            if isinstance(architecture, dict) and architecture and key not in architecture:
+                raise OsmError(f"{path}: segmentation architecture lacks {key!r}; re-run osm_plan_and_preprocess")
         return cls(d["dataset_name"], d["plans_name"], d["foreground_intensity_properties_per_channel"],
                    d["labels"], d["channel_names"],
                    SegmentationConfiguration.from_dict(configurations["segmentation"], f"{path}: segmentation"),

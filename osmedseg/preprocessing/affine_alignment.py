@@ -1,8 +1,8 @@
 """Affine alignment of a volume to the atlas, with the transform kept so results can be mapped back.
 
 The transform follows ITK's convention: it maps a point of the FIXED (atlas) physical space to the point of the
-MOVING volume's physical space that lands there, so ``resample_to_atlas`` uses it as is and ``resample_from_atlas``
-uses its inverse. Registration runs on intensities clipped to their 0.5-99.5 percentiles and rescaled to [0, 1]:
+MOVING volume's physical space that lands there, so ``resample_to_atlas`` uses it as is and mapping the atlas into a
+volume's grid (``registration/atlas_mapping.py``) uses its inverse. Registration runs on intensities clipped to their 0.5-99.5 percentiles and rescaled to [0, 1]:
 moments initialisation, a rigid stage, then the similarity or affine stage; Mattes mutual information with a
 fixed-seed random sample; three resolution levels.
 
@@ -154,14 +154,6 @@ def resample_to_atlas(moving: np.ndarray, moving_geometry: Geometry, atlas_geome
     """Bring ``moving`` ((Z, Y, X) or (C, Z, Y, X)) into the atlas grid, or any grid in the atlas's physical space
     (e.g. the atlas cropped or resampled); linear for images (float32), nearest for labels (dtype kept); 0 outside."""
     return _resample(moving, moving_geometry, atlas_geometry, atlas_shape, result.to_sitk(), is_label)
-
-
-def resample_from_atlas(array: np.ndarray, atlas_geometry: Geometry, target_geometry: Geometry,
-                        target_shape: tuple[int, int, int], result: AlignmentResult,
-                        is_label: bool = True) -> np.ndarray:
-    """Map an array in the atlas grid ((Z, Y, X) label, or (C, Z, Y, X) probabilities with ``is_label=False``) back
-    into the grid of the volume that ``result`` aligned."""
-    return _resample(array, atlas_geometry, target_geometry, target_shape, result.to_sitk().GetInverse(), is_label)
 
 
 def _resample(array: np.ndarray, source: Geometry, target: Geometry, target_shape: tuple[int, int, int],

@@ -62,14 +62,14 @@ class CasePreprocessor:
                                                      self.plans.intensity_properties, label)
             write_case(self.folders["segmentation"], case.case_id, data, seg,
                        {**_case_properties(role, case, self.hashes["segmentation"]), **properties})
-            if role == "atlas":
+            if case.case_id == atlas_id:
                 alignment = AlignmentResult.identity()
             else:
                 alignment = align_to_atlas(image[0], geometry, read_array(folder, atlas_id, ATLAS_INTENSITIES),
                                            self.plans.registration.grid, seed=self.seed)
             grid = preprocess_into_grid(image, geometry, self.plans.registration, self.plans.intensity_properties,
                                         alignment, label)
-            extra = {ATLAS_INTENSITIES: grid.intensities} if role == "atlas" else {}
+            extra = {ATLAS_INTENSITIES: grid.intensities} if case.case_id == atlas_id else {}
             write_case(folder, case.case_id, grid.data, grid.seg,
                        {**_case_properties(role, case, self.hashes["registration"]),
                         "geometry": geometry.to_dict(), "shape": list(image.shape[1:]),

@@ -26,3 +26,8 @@ class VecInt(nn.Module):
 
     def forward(self, velocity: Tensor) -> Tensor:
         return integrate_velocity(velocity, self.steps)
+
+
+def inverse_flow(output: dict[str, Tensor]) -> Tensor:
+    """Approximate inverse of a network's flow: exp(-v) for diffeomorphic models, else the negated displacement."""
+    return integrate_velocity(-output["velocity"]) if "velocity" in output else -output["flow"]

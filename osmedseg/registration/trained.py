@@ -20,9 +20,9 @@ from osmedseg.planning.plans import Plans, RegistrationConfiguration
 from osmedseg.preprocessing.affine_alignment import AlignmentResult
 from osmedseg.registration.atlas_mapping import AffineStep, FlowStep, map_into_frame
 from osmedseg.registration.builders import build_registration_modules
-from osmedseg.registration.inference import inverse_flow
+from osmedseg.registration.integration import inverse_flow
 from osmedseg.registration.spatial_transformer import warp
-from osmedseg.run_folder import CONFIG_FILE, FINAL, REGISTRATION, RunFolder
+from osmedseg.run_folder import FINAL, REGISTRATION, RunFolder
 from osmedseg.utilities.atomic import save_npz_atomic
 from osmedseg.utilities.checkpoint import load_checkpoint
 
@@ -66,7 +66,8 @@ class TrainedRegistration:
 
     @classmethod
     def load(cls, run: RunFolder, device: torch.device, deformable: bool = True) -> "TrainedRegistration":
-        """From a run folder's finished registration stage (its recorded options build the modules)."""
+        """From a run folder's finished registration stage (the options recorded in the checkpoint build the
+        modules, whatever flags a later command was given)."""
         plans = Plans.load(run.file("osm_plans.json"))
         atlas = AtlasArrays.load(run.atlas_file)
         modules: dict[str, nn.Module] = {}
@@ -76,9 +77,8 @@ class TrainedRegistration:
             if not os.path.isfile(checkpoint):
                 raise OsmError(f"{checkpoint}: missing; train the registration stage first "
                                "(osm_train -stage registration)")
-            options = run.load_json(os.path.join(REGISTRATION, CONFIG_FILE))
-            modules = build_registration_modules(plans.registration, atlas.grid_image.shape[0], options)
-            state = load_checkpoint(checkpoint, device, ("modules",), "registration")
+            state = load_checkpoint(checkpoint, device, ("modules", "config"), "registration")
+            modules = build_registration_modules(plans.registration, atlas.grid_image.shape[0], state["config"])
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
                 module.to(device).eval()

@@ -2,7 +2,7 @@
 
 The atlas warped onto an unlabeled volume keeps the atlas's intensities; a student trained only on those learns
 the atlas's appearance. Matching the warped atlas's intensity distribution to the real target's (quantile mapping
-inside the region both see) keeps every edge and the label alignment (a monotone map of intensities moves no voxel)
+over the whole volume) keeps every edge and the label alignment (a monotone map of intensities moves no voxel)
 while the grey levels become the target's.
 """
 from __future__ import annotations

@@ -44,7 +44,8 @@ def synthesize_offline(registration: TrainedRegistration, caches: "CaseCaches", 
             appearance = registration.appearance_offset(grid_image, output)
             image, label = registration.map_atlas(preprocessed_frame(properties), real.shape[1:], alignment,
                                                   output["flow"], appearance)
-            image = transfer_appearance(image, real, appearance_transfer)
+            if appearance is None:  # a learned appearance model, when trained, gives the appearance instead
+                image = transfer_appearance(image, real, appearance_transfer)
             folding = 100.0 * folding_fraction(output["flow"])
         npz, json_file = case_files(output_folder, case_id)
         save_npz_atomic(npz, image=image.astype(np.float32), label=label.astype(np.int16))

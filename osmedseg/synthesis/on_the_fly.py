@@ -18,8 +18,7 @@ from osmedseg.preprocessing.affine_alignment import AlignmentResult
 from osmedseg.preprocessing.cache import read_case
 from osmedseg.preprocessing.segmentation_preprocessor import preprocessed_frame
 from osmedseg.registration.atlas_mapping import AffineStep, FlowStep, map_into_frame
-from osmedseg.registration.inference import inverse_flow
-from osmedseg.registration.integration import integrate_velocity
+from osmedseg.registration.integration import integrate_velocity, inverse_flow
 from osmedseg.registration.trained import TrainedRegistration
 from osmedseg.synthesis.appearance_transfer import transfer_appearance
 from osmedseg.synthesis.offline import CaseCaches

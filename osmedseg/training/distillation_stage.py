@@ -81,6 +81,8 @@ class DistillationStage(StageTrainer):
         self.patch_size = configuration.patch_size
         self.num_classes = max(label_values(self.dataset_json)) + 1
         train, self.validation = self._split()
+        if self.synthesizer is not None:  # new pairs are never drawn from the held-out validation volumes
+            self.synthesizer.target_ids = [c for c in self.synthesizer.target_ids if c not in self.validation_ids]
         self.channels = train[0]["data"].shape[0] // 2
         self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration.batch_size,
                                     self.options["oversample_foreground"], self.seed)

@@ -11,7 +11,7 @@ from osmedseg.preprocessing.run import ATLAS_INTENSITIES
 from osmedseg.preprocessing.segmentation_preprocessor import preprocessed_frame
 from osmedseg.registration.appearance import appearance_loss
 from osmedseg.registration.builders import build_registration_modules
-from osmedseg.registration.inference import inverse_flow
+from osmedseg.registration.integration import inverse_flow
 from osmedseg.registration.losses import RegistrationLoss
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.registration.trained import AtlasArrays, TrainedRegistration

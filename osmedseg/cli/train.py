@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="probability that a training sample shows the student the real unlabeled image with its "
                            "registration pseudo-label instead of the synthesised image (default 0.5; 0 = synthesised "
                            "only)")
+    dist.add_argument("--no_pseudo_label_confidence", action="store_true",
+                      help="count every voxel of a real image's registration pseudo-label fully (default: weigh it by "
+                           "its distance to a label boundary, in registration-grid voxels)")
     dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
     dist.add_argument("-lr", type=float, default=None,
                       help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
@@ -91,6 +94,7 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
                          "lambda_hint": args.lambda_hint, "hint_layers": args.hint_layers,
                          "hint_warmup": args.hint_warmup, "ce_top_fraction": args.ce_top_fraction,
                          "real_fraction": args.real_fraction, "optimizer": args.optimizer, "lr": args.lr,
+                         "pseudo_label_confidence": False if args.no_pseudo_label_confidence else None,
                          "synthesis": args.synthesis, "compile": compile_flag,
                          "interpolate_flows": False if args.no_flow_interpolation else None},
     }

@@ -19,6 +19,7 @@ from osmedseg.synthesis.offline import CaseCaches, load_synthesized
 from osmedseg.training.augmentation import enlarged_patch_size, training_transforms
 from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss
 from osmedseg.training.patch_sampler import PatchSampler
+from osmedseg.training.pseudo_labels import boundary_confidence
 from osmedseg.training.stage_trainer import StageTrainer
 from osmedseg.training.validation import pseudo_dice
 from osmedseg.utilities.atomic import torch_save_atomic
@@ -44,6 +45,7 @@ class DistillationStage(StageTrainer):
     defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "hint_warmup": 0.5,
                 "optimizer": "sgd", "lr": None, "weight_decay": 3e-5, "ce_top_fraction": 0.1,
                 "oversample_foreground": 0.33, "validation_fraction": 0.1, "real_fraction": 0.5,
+                "pseudo_label_confidence": True,
                 "synthesis": "offline", "refresh_fraction": 0.5}
 
     def __init__(self, *args, caches: CaseCaches, synthesizer=None, **options):
@@ -123,11 +125,12 @@ class DistillationStage(StageTrainer):
         data = torch.from_numpy(batch["data"]).to(self.device)
         target = torch.from_numpy(batch["seg"]).long().to(self.device)
         synthetic, real = data[:, :self.channels], data[:, self.channels:]
-        use_real = torch.from_numpy(rng.random(len(data)) < self.options["real_fraction"]).to(self.device)
-        synthetic = torch.where(use_real[:, None, None, None, None], real, synthetic)
+        use_real = rng.random(len(data)) < self.options["real_fraction"]
+        synthetic = torch.where(torch.from_numpy(use_real).to(self.device)[:, None, None, None, None], real, synthetic)
+        weight = self.pseudo_label_weights(batch["seg"], use_real)
         with self.autocast():
             student = self.train_modules["student"](synthetic)
-            seg_loss = self.segmentation_loss(student["out"], target)
+            seg_loss = self.segmentation_loss(student["out"], target, weight)
             total = self.options["lambda_seg"] * seg_loss
             values = {"segmentation": seg_loss}
             if self.uses_teacher:
@@ -138,6 +141,17 @@ class DistillationStage(StageTrainer):
                 values.update(reconstruction=rec_loss, hint=hint_loss)
         self.backward_and_step(total, list(self.modules))
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in values.items()}}
+
+    def pseudo_label_weights(self, seg: np.ndarray, use_real: np.ndarray) -> torch.Tensor | None:
+        """Per-voxel weights (B, 1, ...): registration pseudo-labels of real images count less near their boundaries
+        (``pseudo_labels.boundary_confidence``); labels of synthesised images are exact (weight 1)."""
+        if not use_real.any() or not self.options["pseudo_label_confidence"]:
+            return None
+        weights = np.ones(seg.shape, dtype=np.float32)
+        uncertainty = max(self.plans.registration.spacing)
+        for b in np.flatnonzero(use_real):
+            weights[b, 0] = boundary_confidence(seg[b, 0], self.plans.segmentation.spacing, uncertainty)
+        return torch.from_numpy(weights).to(self.device)
 
     def hint_weight(self) -> float:
         """``lambda_hint``, ramped linearly from 0 over the first ``hint_warmup`` fraction of the iterations.

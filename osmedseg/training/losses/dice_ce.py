@@ -58,9 +58,13 @@ class DiceCELoss(nn.Module):
         self.include_background, self.batch_dice, self.smooth = include_background, batch_dice, smooth
         self.weight_dice, self.weight_ce = weight_dice, weight_ce
 
-    def soft_dice(self, logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-        """Mean soft Dice of softmax(logits) against target probabilities, per the class options."""
+    def soft_dice(self, logits: torch.Tensor, probabilities: torch.Tensor,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean soft Dice of softmax(logits) against target probabilities, per the class options; ``weight``
+        (B, 1, ...) in [0, 1] scales each voxel's share of the sums."""
         prediction = torch.softmax(logits.float(), dim=1)
+        if weight is not None:
+            prediction, probabilities = prediction * weight, probabilities * weight
         if not self.include_background:
             prediction, probabilities = prediction[:, 1:], probabilities[:, 1:]
         axes = ([0] if self.batch_dice else []) + list(range(2, prediction.dim()))
@@ -72,15 +76,22 @@ class DiceCELoss(nn.Module):
         present = probabilities.sum(axes) > 0
         return dice[present].mean() if present.any() else dice.new_ones(())
 
-    def cross_entropy(self, logits: torch.Tensor, ce_target: torch.Tensor) -> torch.Tensor:
-        """Mean CE over all voxels, or over the ``ce_top_fraction`` of voxels with the highest CE."""
-        if self.ce_top_fraction is None:
+    def cross_entropy(self, logits: torch.Tensor, ce_target: torch.Tensor,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean CE over all voxels, or over the ``ce_top_fraction`` of voxels with the highest (weighted) CE."""
+        if self.ce_top_fraction is None and weight is None:
             return F.cross_entropy(logits.float(), ce_target)
-        per_voxel = F.cross_entropy(logits.float(), ce_target, reduction="none").flatten()
+        per_voxel = F.cross_entropy(logits.float(), ce_target, reduction="none")
+        if weight is not None:
+            per_voxel = per_voxel * weight[:, 0]
+        per_voxel = per_voxel.flatten()
+        if self.ce_top_fraction is None:
+            return per_voxel.mean()
         k = max(1, int(round(self.ce_top_fraction * per_voxel.numel())))
         return per_voxel.topk(k, sorted=False).values.mean()
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight`` (B, 1, ...) in [0, 1]: per-voxel confidence of the target (e.g. of a pseudo-label)."""
         ce_target, probabilities = _target_probabilities(target, logits)
-        ce = self.cross_entropy(logits, ce_target)
-        return self.weight_dice * (1 - self.soft_dice(logits, probabilities)) + self.weight_ce * ce
+        ce = self.cross_entropy(logits, ce_target, weight)
+        return self.weight_dice * (1 - self.soft_dice(logits, probabilities, weight)) + self.weight_ce * ce

@@ -1,9 +1,6 @@
-
 """The stage loop under faults, on the small coarse demo (tests/pipeline_fixture.py): resume after SIGKILL, exact
 and deterministic training on CPU, the NaN guard, and atomic checkpoint writes."""
 from __future__ import annotations
-
-import pytest
 
 import glob
 import json
@@ -14,12 +11,14 @@ import sys
 import textwrap
 import time
 
+import pytest
 import torch
 
 from osmedseg.cli.train import main as train_main
 from osmedseg.dataset.demo import DEMO_DATASET_NAME
+from osmedseg.run_folder import FINAL, LATEST
+from osmedseg.training import registration_stage
 from osmedseg.training.registration_stage import RegistrationStage
-from osmedseg.training.stage_trainer import FINAL, LATEST
 from osmedseg.utilities.atomic import remove_stale_temporaries
 from tests.pipeline_fixture import run_cli
 
@@ -160,3 +159,20 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_complete_file(tmp_pa
     live.write_bytes(b"")
     assert orphans and sorted(remove_stale_temporaries(str(tmp_path))) == sorted(orphans)
     assert glob.glob(str(tmp_path / ".tmp_*")) == [str(live)]
+
+
+def test_registration_stops_on_a_validation_plateau(small_demo, tmp_path, monkeypatch):
+    """A flat label-free validation similarity ends the stage after MIN_EPOCHS (patience elapsed), with a final
+    checkpoint; --no_early_stopping trains every epoch."""
+    monkeypatch.setattr(registration_stage, "warped_similarity", lambda *args: 0.5)
+    results = str(tmp_path / "results")
+    code, out, err = run_cli(train_main, _argv(small_demo, results, "--epochs", "9"))
+    assert code == 0, out + err
+    stopped = RegistrationStage.MIN_EPOCHS
+    assert f"validation plateau, stopping after epoch {stopped} of 9" in out + err
+    final = _load(os.path.join(_stage_folder(results), FINAL))
+    assert final["epoch"] == stopped and len(final["history"]["validation_similarity"]) == stopped
+    results = str(tmp_path / "results_full")
+    code, out, err = run_cli(train_main, _argv(small_demo, results, "--epochs", "6", "--no_early_stopping"))
+    assert code == 0, out + err
+    assert _load(os.path.join(_stage_folder(results), FINAL))["epoch"] == 6

@@ -70,17 +70,6 @@ def test_default_dataset_layout(cohorts):
     assert os.listdir(os.path.dirname(folder)) == [DEMO_DATASET_NAME]  # no temporary folders left
 
 
-def test_cli_uses_the_environment_and_keeps_a_complete_dataset(data_roots, capsys):
-    assert main(["-n_unlabeled", "1", "-n_test", "0"]) == 0
-    folder = os.path.join(data_roots["raw"], DEMO_DATASET_NAME)
-    assert folder in capsys.readouterr().out
-    atlas_image = load_raw_dataset(folder).atlases[0].image_files[0]
-    stamp = os.path.getmtime(atlas_image)
-    assert main(["-n_unlabeled", "1", "-n_test", "0"]) == 0
-    assert "already exists" in capsys.readouterr().out
-    assert os.path.getmtime(atlas_image) == stamp
-
-
 def test_settings_mismatch_overwrite_and_repair(tmp_path):
     raw = str(tmp_path / "elsewhere")
     folder = create_demo_dataset(raw, n_unlabeled=1, n_test=0)

@@ -1,10 +1,7 @@
-"""Overlay PNGs: API and osm_overlay CLI."""
+"""Overlay PNGs: the API (the console script is tested in tests/cli/test_overlay.py)."""
 import numpy as np
-import pytest
 
-from osmedseg.cli.overlay import main
 from osmedseg.evaluation.overlay import save_overlay_png, save_pairs_sheet
-from osmedseg.io import Geometry, write_image, write_label
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -26,19 +23,3 @@ def test_overlay_and_pairs_sheet(tmp_path):
     save_pairs_sheet([image, image], [label, np.zeros_like(label)], (3.0, 1.0, 1.0), str(sheet), ["a", "b"])
     assert sheet.read_bytes()[:4] == PNG_MAGIC
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png", "sheet.png"]  # no temporary files left
-
-
-def test_overlay_cli(tmp_path, capsys):
-    image, label = _volume()
-    geometry = Geometry.identity((3.0, 1.0, 1.0))
-    write_image(image, str(tmp_path / "img.nii.gz"), geometry)
-    write_label(label, str(tmp_path / "seg.nii.gz"), geometry)
-    out = tmp_path / "out.png"
-    assert main(["-i", str(tmp_path / "img.nii.gz"), "-s", str(tmp_path / "seg.nii.gz"), "-o", str(out),
-                 "-ref", str(tmp_path / "seg.nii.gz")]) == 0
-    assert out.stat().st_size > 0 and out.read_bytes()[:4] == PNG_MAGIC
-    write_label(label[:, :, :5], str(tmp_path / "bad.nii.gz"), geometry)
-    with pytest.raises(SystemExit) as exc:
-        main(["-i", str(tmp_path / "img.nii.gz"), "-s", str(tmp_path / "bad.nii.gz"), "-o", str(out)])
-    assert exc.value.code == 2
-    assert "bad.nii.gz" in capsys.readouterr().err

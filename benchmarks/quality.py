@@ -1,7 +1,8 @@
 """Quality benchmark: run the public CLI end to end on a raw dataset and print one table of methods.
 
-Rows: the atlas label copied unchanged (no registration), affine-only atlas copy, registration baseline, student without hint, student with hint (and any further
-trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
+Rows: the atlas label copied unchanged (no registration), affine-only atlas copy, SimpleITK's diffeomorphic demons
+after the same affine (the classical peer, ``demons_peer.py``; ``--no_demons`` leaves it out), registration baseline,
+student without hint, student with hint (and any further trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
 minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the median test
 case of the best method into --out.
 
@@ -22,7 +23,11 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from demons_peer import predict_folder as predict_with_demons  # noqa: E402
+
 DEFAULT_ROOT = os.path.abspath("osmedseg_data")
+PEER_ROW, PEER_FOLDER = "SimpleITK demons after our affine (peer, 1 thread)", "demons"
 STUDENT_ROWS = (("student without hint", "OSMedSegTrainer_NoHint"), ("student with hint", "OSMedSegTrainer"))
 
 
@@ -134,6 +139,7 @@ def main() -> None:
                         help="distillation epochs (50 iterations each; 0 = osm_train's default schedule)")
     parser.add_argument("--reg_lr", type=float, default=None, help="registration learning rate (default: osm_train's)")
     parser.add_argument("--extra_trainers", nargs="*", default=[], help="further trainers to add as rows")
+    parser.add_argument("--no_demons", action="store_true", help="leave out the SimpleITK demons peer row")
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--out", default=None, help="output folder (default <results>/<dataset>/quality_benchmark)")
     args = parser.parse_args()
@@ -172,10 +178,16 @@ def main() -> None:
         train_minutes = None if folder == "affine" else (registration_seconds + train_seconds.get(folder, 0.0)) / 60
         rows.append(row(label, evaluate(labels, os.path.join(out, folder), dataset_json), train_minutes, seconds,
                         n_cases))
+        if folder == "affine" and not args.no_demons:
+            seconds = predict_with_demons(os.path.join(roots["results"], name, "OSMedSegTrainer__osmPlans"), images,
+                                          os.path.join(out, PEER_FOLDER))
+            rows.append(row(PEER_ROW, evaluate(labels, os.path.join(out, PEER_FOLDER), dataset_json), None, seconds,
+                            n_cases))
 
     table = markdown(rows, label_names)
     best = max(rows, key=lambda r: r["dice_mean"])
-    best_folder = {"copy the atlas label": "copy", **{label: folder for label, folder, _ in methods}}[best["method"]]
+    best_folder = {"copy the atlas label": "copy", PEER_ROW: PEER_FOLDER,
+                   **{label: folder for label, folder, _ in methods}}[best["method"]]
     median_case_overlay(best, os.path.join(out, best_folder), raw, os.path.join(out, "median_case_best_method.png"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}"
     budget = (f"registration {args.reg_epochs or 'default'} x 25 iterations"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
 
 from osmedseg.inference.predictor import check_channel_count
 from osmedseg.io import Geometry
@@ -42,7 +43,11 @@ class RegistrationPredictor:
             print(f"WARNING: affine alignment to the atlas failed ({alignment.message}); the result is unreliable",
                   file=sys.stderr)
         grid = preprocess_into_grid(image, geometry, configuration, self.plans.intensity_properties, alignment)
-        flow = self.registration.network_output(grid.data)["flow"]
+        flow = self.flow(grid.data)
         _, label = self.registration.map_atlas(geometry.array_index_to_physical_matrix(), image.shape[1:], alignment,
                                                flow, with_image=False)
         return label.astype(np.int16), None
+
+    def flow(self, target_grid: np.ndarray) -> torch.Tensor:
+        """Displacement (1 x 3 x grid, voxels) that warps the atlas onto a target on the registration grid."""
+        return self.registration.network_output(target_grid)["flow"]

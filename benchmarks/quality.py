@@ -1,7 +1,7 @@
 """Quality benchmark: run the public CLI end to end on a raw dataset and print one table of methods.
 
 Rows: the atlas label copied unchanged (no registration), affine-only atlas copy, SimpleITK's diffeomorphic demons
-after the same affine (the classical peer, ``demons_peer.py``; ``--no_demons`` leaves it out), registration baseline,
+after the same affine (the classical peer, ``demons_peer.py``, on all cores; ``--no_demons`` leaves it out), registration baseline,
 student without hint, student with hint (and any further trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
 minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the median test
 case of the best method into --out.
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demons_peer import predict_folder as predict_with_demons  # noqa: E402
 
 DEFAULT_ROOT = os.path.abspath("osmedseg_data")
-PEER_ROW, PEER_FOLDER = "SimpleITK demons after our affine (peer, 1 thread)", "demons"
+PEER_ROW, PEER_FOLDER = "SimpleITK demons after our affine (peer)", "demons"
 STUDENT_ROWS = (("student without hint", "OSMedSegTrainer_NoHint"), ("student with hint", "OSMedSegTrainer"))
 
 
@@ -180,7 +180,7 @@ def main() -> None:
                         n_cases))
         if folder == "affine" and not args.no_demons:
             seconds = predict_with_demons(os.path.join(roots["results"], name, "OSMedSegTrainer__osmPlans"), images,
-                                          os.path.join(out, PEER_FOLDER))
+                                          os.path.join(out, PEER_FOLDER), threads=os.cpu_count() or 1)
             rows.append(row(PEER_ROW, evaluate(labels, os.path.join(out, PEER_FOLDER), dataset_json), None, seconds,
                             n_cases))
 

@@ -52,8 +52,9 @@ SPACING_MM = Rule(0.01, 100)                          # per axis; a finer target
 
 RULES: dict[str, dict[str, Rule]] = {
     "osm_make_demo": {"-seed": SEED, "-n_atlases": AT_LEAST_1, "-n_unlabeled": AT_LEAST_1, "-n_test": AT_LEAST_0},
-    "osm_convert": {"-d": DATASET_ID, "--num-unlabeled": AT_LEAST_1, "--num-test": AT_LEAST_0, "-seed": SEED,
-                    "--geometry-tolerance": AT_LEAST_0, "--label-channels": AT_LEAST_0},
+    "osm_convert": {"-d": DATASET_ID, "--num-atlases": AT_LEAST_1, "--num-unlabeled": AT_LEAST_1,
+                    "--num-test": AT_LEAST_0, "-seed": SEED, "--geometry-tolerance": AT_LEAST_0,
+                    "--label-channels": AT_LEAST_0},
     "osm_plan_and_preprocess": {"-gpu_memory_target": GPU_GB, "-overwrite_target_spacing": SPACING_MM,
                                 "-np": AT_LEAST_1, "-seed": SEED},
     "osm_train": {"--epochs": AT_LEAST_1, "--iters": AT_LEAST_1, "-lambda_smooth": AT_LEAST_0,

@@ -73,7 +73,7 @@ class DistillationStage(StageTrainer):
         order = np.random.default_rng(self.seed).permutation(len(synthesised))
         self.validation_ids = sorted(synthesised[i] for i in order[:n_val])
         self.kept = [(c, s) for c, s in sorted(samples.items()) if c not in self.validation_ids]
-        train = [_training_sample(s) for _, s in self.kept]
+        train = [training_sample(s) for _, s in self.kept]
         self.refreshable = [i for i, (_, s) in enumerate(self.kept) if s["role"] == "synthesised"]  # atlases stay
         validation = [{"image": samples[c]["real"], "label": samples[c]["label"]} for c in self.validation_ids]
         return train, validation
@@ -122,7 +122,7 @@ class DistillationStage(StageTrainer):
             return
         count = max(1, int(round(self.options["refresh_fraction"] * len(self.refreshable))))
         for index in rng.choice(self.refreshable, count, replace=False):
-            self.sampler.replace(int(index), _training_sample(self.synthesizer.sample(rng)), rng)
+            self.sampler.replace(int(index), training_sample(self.synthesizer.sample(rng)), rng)
 
     def student_batch(self, rng: np.random.Generator) -> dict[str, torch.Tensor | None]:
         """An augmented batch: ``image`` (the synthesised image, or with probability ``real_fraction`` per sample the
@@ -216,6 +216,6 @@ def check_options(options: dict) -> None:
         raise OsmError(f"-real_fraction must be in [0, 1], got {real}")
 
 
-def _training_sample(triplet: dict) -> dict[str, np.ndarray]:
+def training_sample(triplet: dict) -> dict[str, np.ndarray]:
     """Synthesised image and real image stacked as channels (augmented together), with the synthesised label."""
     return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": triplet["label"]}

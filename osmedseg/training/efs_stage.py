@@ -17,7 +17,7 @@ import torch
 
 from osmedseg.errors import OsmError, warn
 from osmedseg.networks.unet import VAEDecoder, build_network
-from osmedseg.training.distillation_stage import DistillationStage, _training_sample
+from osmedseg.training.distillation_stage import DistillationStage, training_sample
 from osmedseg.training.losses import class_prototypes, dice_weighted_reconstruction_loss, prototype_info_nce
 from osmedseg.training.regional_switch import regional_switch, switch_boxes
 
@@ -51,7 +51,7 @@ class EFSMedSegStage(DistillationStage):
             if sample["role"] == "aligned_atlas" and sample["spatial_target"] in by_id:
                 atlas = by_id[sample["spatial_target"]]
                 self.switch_pairs.append((len(train), atlas, sample))
-                train += [_training_sample(atlas), _training_sample(sample)]
+                train += [training_sample(atlas), training_sample(sample)]
         if not self.switch_pairs:
             warn("EFS-MedSeg: the dataset has one atlas, so the regional switch between atlases is off "
                  "(the VAE and the contrastive module still train)")
@@ -67,8 +67,8 @@ class EFSMedSegStage(DistillationStage):
                                     (self.options["switch_min_size"], self.options["switch_max_size"]))
                 first, second = regional_switch(atlas, aligned, mask)
             # both live in the frame of atlas B, whose real image the pair keeps
-            self.sampler.replace(slot, _training_sample({**first, "real": atlas["real"]}), rng)
-            self.sampler.replace(slot + 1, _training_sample({**second, "real": atlas["real"]}), rng)
+            self.sampler.replace(slot, training_sample({**first, "real": atlas["real"]}), rng)
+            self.sampler.replace(slot + 1, training_sample({**second, "real": atlas["real"]}), rng)
 
     # ---- networks and step ----------------------------------------------------------------------------------------
     def build_networks(self, arch: dict) -> None:

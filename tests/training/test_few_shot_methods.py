@@ -78,3 +78,12 @@ def test_sikd_trains_a_frozen_teacher_then_the_student_and_predicts(few_shot):
     assert distillation["config"]["lambda_kd"] == 2.0 and "lambda_hint" not in distillation["config"]
     assert distillation["history"]["distillation"][-1] > 0
     assert prediction.shape == read_label(os.path.join(few_shot["raw"], "labelsTs", "demo_005.nii.gz"))[0].shape
+
+
+def test_efs_medseg_on_a_one_shot_dataset_runs_without_the_regional_switch(small_demo, tmp_path):
+    data = ["--preprocessed", small_demo["preprocessed"], "--results", str(tmp_path / "results")]
+    output = checked(train_main, ["-d", "Demo", "-tr", "EFSMedSegTrainer", "--iters", ITERS, "--no_pbar", *data])
+    assert "the regional switch between atlases is off" in output
+    run = RunFolder(os.path.join(str(tmp_path / "results"), "Dataset000_Demo", "EFSMedSegTrainer__osmPlans"))
+    assert os.path.isfile(run.student("final"))
+    assert not any(name.endswith("__aligned.json") for name in os.listdir(run.synthesis_folder))

@@ -29,6 +29,7 @@ from demons_peer import predict_folder as predict_with_demons  # noqa: E402
 DEFAULT_ROOT = os.path.abspath("osmedseg_data")
 PEER_ROW, PEER_FOLDER = "SimpleITK demons after our affine (peer)", "demons"
 STUDENT_ROWS = (("student without hint", "OSMedSegTrainer_NoHint"), ("student with hint", "OSMedSegTrainer"))
+APPROXIMATE = ("EFSMedSegTrainer",)  # re-implemented from an abstract: no public code to check against (METHODS 4)
 
 
 def run(command: list[str]) -> float:
@@ -138,7 +139,9 @@ def main() -> None:
     parser.add_argument("--distill_epochs", type=int, default=8,
                         help="distillation epochs (50 iterations each; 0 = osm_train's default schedule)")
     parser.add_argument("--reg_lr", type=float, default=None, help="registration learning rate (default: osm_train's)")
-    parser.add_argument("--extra_trainers", nargs="*", default=[], help="further trainers to add as rows")
+    parser.add_argument("--extra_trainers", nargs="*", default=[],
+                        help="further trainers to add as rows, e.g. SIKDTrainer EFSMedSegTrainer (each trained stage "
+                             "gets --distill_epochs; SIKD has two: teacher and student)")
     parser.add_argument("--no_demons", action="store_true", help="leave out the SimpleITK demons peer row")
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--out", default=None, help="output folder (default <results>/<dataset>/quality_benchmark)")
@@ -163,7 +166,8 @@ def main() -> None:
     reg_budget = ["--epochs", str(args.reg_epochs)] if args.reg_epochs else []
     distill_budget = ["--epochs", str(args.distill_epochs)] if args.distill_epochs else []
     registration_seconds = run(["osm_train", *common, "-stage", "registration", *reg_budget, *lr])
-    students = STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers)
+    students = STUDENT_ROWS + tuple((f"{t} (re-implementation, approximate)" if t in APPROXIMATE else t, t)
+                                    for t in args.extra_trainers)
     train_seconds = {trainer: run(["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
                                    *distill_budget]) for _, trainer in students}
 

@@ -5,6 +5,7 @@ A run folder is self-contained (prediction needs nothing else)::
     osm_plans.json, dataset.json, dataset_fingerprint.json      copies made when training starts
     registration/   checkpoint_{latest,final}.pth, config.json, atlas.npz, quality.json, log, progress.png
     registration/synthesis/   <case>.npz + <case>.json: synthesised triplets in each case's segmentation frame
+    teacher/        (SIKD only) checkpoint_{latest,final}.pth, config.json, log, progress.png: the frozen teacher
     distillation/   checkpoint_{latest,final}.pth, config.json, student_{best,final}.pth, log, progress.png
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 
 from osmedseg.errors import OsmError
 
-REGISTRATION, DISTILLATION = "registration", "distillation"
+REGISTRATION, TEACHER, DISTILLATION = "registration", "teacher", "distillation"
 FINAL, LATEST = "checkpoint_final.pth", "checkpoint_latest.pth"
 CONFIG_FILE = "config.json"
 STUDENT_FILE = "student_{}.pth"

@@ -51,15 +51,18 @@ GPU_GB = Rule(1, 10_000)                              # GB of one GPU; below 1 G
 SPACING_MM = Rule(0.01, 100)                          # per axis; a finer target is checked against the data later
 
 RULES: dict[str, dict[str, Rule]] = {
-    "osm_make_demo": {"-seed": SEED, "-n_unlabeled": AT_LEAST_1, "-n_test": AT_LEAST_0},
-    "osm_convert": {"-d": DATASET_ID, "--num-unlabeled": AT_LEAST_1, "--num-test": AT_LEAST_0, "-seed": SEED,
-                    "--geometry-tolerance": AT_LEAST_0, "--label-channels": AT_LEAST_0},
+    "osm_make_demo": {"-seed": SEED, "-n_atlases": AT_LEAST_1, "-n_unlabeled": AT_LEAST_1, "-n_test": AT_LEAST_0},
+    "osm_convert": {"-d": DATASET_ID, "--num-atlases": AT_LEAST_1, "--num-unlabeled": AT_LEAST_1,
+                    "--num-test": AT_LEAST_0, "-seed": SEED, "--geometry-tolerance": AT_LEAST_0,
+                    "--label-channels": AT_LEAST_0},
     "osm_plan_and_preprocess": {"-gpu_memory_target": GPU_GB, "-overwrite_target_spacing": SPACING_MM,
                                 "-np": AT_LEAST_1, "-seed": SEED},
     "osm_train": {"--epochs": AT_LEAST_1, "--iters": AT_LEAST_1, "-lambda_smooth": AT_LEAST_0,
                   "-lambda_contrast": AT_LEAST_0, "-reg_lr": POSITIVE, "-lambda_seg": AT_LEAST_0,
                   "-lambda_rec": AT_LEAST_0, "-lambda_hint": AT_LEAST_0, "-hint_layers": AT_LEAST_1,
                   "-hint_warmup": UNIT, "-ce_top_fraction": FRACTION, "-real_fraction": UNIT, "-lr": POSITIVE,
+                  "-lambda_kd": AT_LEAST_0, "-lambda_con": AT_LEAST_0, "-rec_alpha": AT_LEAST_0,
+                  "-kl_beta": AT_LEAST_0, "-switch_probability": UNIT, "-switch_max_boxes": AT_LEAST_1,
                   "-seed": SEED},
     "osm_predict": {"-step_size": FRACTION, "-tile_batch_size": AT_LEAST_1, "-num_parts": AT_LEAST_1,
                     "-part_id": AT_LEAST_0, "-npp": AT_LEAST_1, "-nps": AT_LEAST_1, "-seed": SEED},

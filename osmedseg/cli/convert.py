@@ -20,6 +20,9 @@ def _add_common(parser: argparse.ArgumentParser, default_name: str) -> None:
     target.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same name")
     roles = parser.add_argument_group("atlas and split (rules below)")
     roles.add_argument("--atlas", metavar="CASE", default=None, help="case id of the labeled atlas")
+    roles.add_argument("--num-atlases", type=int, metavar="N", default=1,
+                       help="number of labeled atlases (default 1; 2 or more for few-shot methods such as "
+                            "EFSMedSegTrainer)")
     roles.add_argument("--num-unlabeled", type=int, metavar="N", default=None,
                        help="number of unlabeled images (default: every case not used otherwise)")
     roles.add_argument("--num-test", type=int, metavar="N", default=None,
@@ -90,4 +93,4 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_checked(_parser(), argv)
     source = args.collect(args)
     convert_dataset(source, root_folder("raw", args.raw), args.dataset_id, args.name, args.atlas, args.num_unlabeled,
-                    args.num_test, args.seed, args.overwrite, args.geometry_tolerance)
+                    args.num_test, args.seed, args.overwrite, args.geometry_tolerance, args.num_atlases)

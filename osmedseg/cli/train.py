@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-tr", dest="trainer", default="OSMedSegTrainer",
                         help="trainer class (default OSMedSegTrainer)")
     parser.add_argument("-p", dest="plans", default="osmPlans", help="plans name (default osmPlans)")
-    parser.add_argument("-stage", default=None, help="run only this stage (registration, synthesis, distillation)")
+    parser.add_argument("-stage", default=None,
+                        help="run only this stage (registration, synthesis, distillation; SIKD also teacher)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="device (default cpu)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help="epochs per trained stage (default: the trainer's)")
@@ -71,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--no_pseudo_label_confidence", action="store_true",
                       help="count every voxel of a real image's registration pseudo-label fully (default: weigh it by "
                            "its distance to a label boundary, in registration-grid voxels)")
+    dist.add_argument("-lambda_kd", type=float, default=None,
+                      help="SIKDTrainer: weight of the penultimate-feature MSE to the frozen teacher (default 2)")
+    dist.add_argument("-lambda_con", type=float, default=None,
+                      help="EFSMedSegTrainer: weight of the prototype InfoNCE between two views (default 0.1)")
+    dist.add_argument("-rec_alpha", type=float, default=None,
+                      help="EFSMedSegTrainer: reconstruction class weight 1 + alpha (1 - soft Dice) (default 1)")
+    dist.add_argument("-kl_beta", type=float, default=None, help="EFSMedSegTrainer: KL weight (default 1e-3)")
+    dist.add_argument("-switch_probability", type=float, default=None,
+                      help="EFSMedSegTrainer: probability that an atlas pair is mixed by the regional switch each "
+                           "epoch (default 0.5)")
+    dist.add_argument("-switch_max_boxes", type=int, default=None,
+                      help="EFSMedSegTrainer: the regional switch pastes 1 to this many boxes (default 3)")
     dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
     dist.add_argument("-lr", type=float, default=None,
                       help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
@@ -93,6 +106,9 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
         "distillation": {"lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec,
                          "lambda_hint": args.lambda_hint, "hint_layers": args.hint_layers,
                          "hint_warmup": args.hint_warmup, "ce_top_fraction": args.ce_top_fraction,
+                         "lambda_kd": args.lambda_kd, "lambda_con": args.lambda_con, "alpha": args.rec_alpha,
+                         "beta": args.kl_beta, "switch_probability": args.switch_probability,
+                         "switch_max_boxes": args.switch_max_boxes,
                          "real_fraction": args.real_fraction, "optimizer": args.optimizer, "lr": args.lr,
                          "pseudo_label_confidence": False if args.no_pseudo_label_confidence else None,
                          "synthesis": args.synthesis, "compile": compile_flag,
@@ -113,11 +129,11 @@ def check_training(trainer: MethodTrainer, results_root: str, device: str, only_
         if not os.path.isfile(registration) and not os.path.isfile(os.path.join(source, FINAL)):
             raise OsmError(f"-reuse_registration {reuse_from}: {source} has no finished registration stage "
                            f"(train {reuse_from} first)")
-    elif only_stage in ("synthesis", "distillation") and not os.path.isfile(registration):
+    elif only_stage in ("synthesis", "teacher", "distillation") and not os.path.isfile(registration):
         raise OsmError(f"-stage {only_stage}: {os.path.dirname(registration)} has no finished registration stage; "
                        "run osm_train -stage registration first")
-    if only_stage == "distillation" and len(list_cached_cases(run.synthesis_folder)) < 2:
-        raise OsmError(f"-stage distillation: {run.synthesis_folder} holds no synthesised samples; run osm_train "
+    if only_stage in ("teacher", "distillation") and len(list_cached_cases(run.synthesis_folder)) < 2:
+        raise OsmError(f"-stage {only_stage}: {run.synthesis_folder} holds no synthesised samples; run osm_train "
                        "-stage synthesis first")
 
 

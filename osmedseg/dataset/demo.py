@@ -24,6 +24,7 @@ from osmedseg.io import Geometry, write_image, write_label
 from osmedseg.utilities.atomic import save_json_atomic
 
 DEMO_DATASET_NAME = "Dataset000_Demo"
+FEW_SHOT_DEMO_DATASET_NAME = "Dataset100_DemoFewShot"
 GROUND_TRUTH_FILE = "demo_ground_truth.json"
 FILE_ENDING = ".nii.gz"
 LABELS = ("skin", "skull", "left_hemisphere", "right_hemisphere", "ventricles", "vessel", "nucleus")
@@ -44,27 +45,37 @@ _TISSUE_MEANS = np.array([0.0, 0.8, 0.12, 0.62, 0.22, 1.0, 0.45])  # air skin bo
 _GRID_SPACING, _GRID_MARGIN, _SQUARINGS = 4.0, 8.0, 6  # deformation grid (mm) and scaling-and-squaring steps
 
 
+def demo_dataset_name(n_atlases: int = 1) -> str:
+    """``Dataset000_Demo`` for the one-shot demo, ``Dataset100_DemoFewShot`` for the demo with several atlases."""
+    return DEMO_DATASET_NAME if n_atlases == 1 else FEW_SHOT_DEMO_DATASET_NAME
+
+
 def create_demo_dataset(raw_root: str, seed: int = 0, n_unlabeled: int = 10, n_test: int = 6,
-                        overwrite: bool = False) -> str:
-    """Write ``Dataset000_Demo`` (1 atlas, ``n_unlabeled`` unlabeled, ``n_test`` labelled test cases); return its path.
+                        overwrite: bool = False, n_atlases: int = 1) -> str:
+    """Write the demo (``n_atlases`` labeled atlases, ``n_unlabeled`` unlabeled, ``n_test`` labelled test cases) as
+    ``demo_dataset_name(n_atlases)``; return its path. Atlases after the first are subjects like the others (own
+    pose, deformation and appearance).
 
     A complete dataset made with the same settings is kept unless ``overwrite``; one made with other settings raises an
     OsmError. The dataset is built in a temporary sibling folder and renamed into place.
     """
-    if n_unlabeled < 1 or n_test < 0:
-        raise OsmError(f"the demo needs at least 1 unlabeled case and no negative test count "
-                       f"(got n_unlabeled={n_unlabeled}, n_test={n_test})")
-    folder = os.path.join(raw_root, DEMO_DATASET_NAME)
+    if n_unlabeled < 1 or n_test < 0 or n_atlases < 1:
+        raise OsmError(f"the demo needs at least 1 atlas and 1 unlabeled case and no negative test count "
+                       f"(got n_atlases={n_atlases}, n_unlabeled={n_unlabeled}, n_test={n_test})")
+    name = demo_dataset_name(n_atlases)
+    folder = os.path.join(raw_root, name)
     existing = complete_demo_record(folder)
     if existing is not None and not overwrite:
-        if (existing["seed"], existing["numUnlabeled"], existing["numTest"]) == (seed, n_unlabeled, n_test):
+        settings = (existing["seed"], existing.get("numTraining", 1), existing["numUnlabeled"], existing["numTest"])
+        if settings == (seed, n_atlases, n_unlabeled, n_test):
             return folder
-        raise OsmError(f"{folder}: exists with seed {existing['seed']}, {existing['numUnlabeled']} unlabeled and "
-                       f"{existing['numTest']} test cases; pass --overwrite to regenerate it")
-    tmp = os.path.join(raw_root, f".tmp_{DEMO_DATASET_NAME}_{uuid.uuid4().hex}")
+        raise OsmError(f"{folder}: exists with seed {existing['seed']}, {settings[1]} atlas(es), "
+                       f"{existing['numUnlabeled']} unlabeled and {existing['numTest']} test cases; pass --overwrite "
+                       "to regenerate it")
+    tmp = os.path.join(raw_root, f".tmp_{name}_{uuid.uuid4().hex}")
     os.makedirs(tmp)
     try:
-        _write_dataset(tmp, seed, n_unlabeled, n_test)
+        _write_dataset(tmp, seed, n_unlabeled, n_test, n_atlases)
         _replace_folder(tmp, folder)
     finally:
         if os.path.isdir(tmp):
@@ -254,8 +265,8 @@ def _subject(seed: int, index: int, points: np.ndarray) -> tuple[np.ndarray, np.
     return structures, image, {**transform, "appearance": appearance}
 
 
-def _write_dataset(folder: str, seed: int, n_unlabeled: int, n_test: int) -> None:
-    roles = ["atlas"] + ["unlabeled"] * n_unlabeled + ["test"] * n_test
+def _write_dataset(folder: str, seed: int, n_unlabeled: int, n_test: int, n_atlases: int = 1) -> None:
+    roles = ["atlas"] * n_atlases + ["unlabeled"] * n_unlabeled + ["test"] * n_test
     points, cases = _voxel_points(), []
     for index, role in enumerate(roles):
         structures, image, truth = _subject(seed, index, points)
@@ -267,13 +278,15 @@ def _write_dataset(folder: str, seed: int, n_unlabeled: int, n_test: int) -> Non
         if label_file:
             write_label(np.where(structures == _CSF, 0, structures), os.path.join(folder, label_file), GEOMETRY)
         cases.append({"case_id": case_id, "role": role, "image": image_file, "label": label_file, **truth})
-    save_json_atomic({"seed": seed, "numUnlabeled": n_unlabeled, "numTest": n_test, "convention": CONVENTION,
+    save_json_atomic({"seed": seed, "numTraining": n_atlases, "numUnlabeled": n_unlabeled, "numTest": n_test,
+                      "convention": CONVENTION,
                       "centre_mm": _head_centre().tolist(), "cases": cases}, os.path.join(folder, GROUND_TRUTH_FILE))
-    save_json_atomic({"name": "Demo",
+    save_json_atomic({"name": demo_dataset_name(n_atlases).split("_", 1)[1],
                       "description": f"Procedurally generated head-like phantom cohort (osm_make_demo, seed {seed})",
                       "channel_names": {"0": "MRI"},
                       "labels": {"background": 0, **{name: i + 1 for i, name in enumerate(LABELS)}},
-                      "file_ending": FILE_ENDING, "numTraining": 1, "numUnlabeled": n_unlabeled, "numTest": n_test},
+                      "file_ending": FILE_ENDING, "numTraining": n_atlases, "numUnlabeled": n_unlabeled,
+                      "numTest": n_test},
                      os.path.join(folder, "dataset.json"))
 
 

@@ -5,6 +5,8 @@ Rules (deterministic for a given seed):
 * atlas: --atlas CASE, or the labeled case whose foreground volume (mm³, every label > 0, spacing from the label
   file) is closest to the median over the labeled cases with any foreground; ties go to the first case id in sorted
   order. The seed plays no part.
+* further atlases (few-shot, --num-atlases N > 1): the next N - 1 labeled cases by the same rule. The first atlas
+  in case-id order is the reference that registration maps; the others are aligned to it.
 * test: --num-test N, or 25 % of the other labeled cases (rounded half up), at least 1, but always leaving one
   image for the unlabeled set. Test cases are labeled cases only.
 * unlabeled: --num-unlabeled N, or every remaining case. Cases without a label are used first.
@@ -31,15 +33,26 @@ class Split:
     unlabeled: tuple[str, ...]
     test: tuple[str, ...]
     unused: tuple[str, ...]
+    extra_atlases: tuple[str, ...] = ()
+
+    @property
+    def atlases(self) -> tuple[str, ...]:
+        """Every labeled training case, in case-id order."""
+        return tuple(sorted((self.atlas, *self.extra_atlases)))
 
 
 def choose_atlas(volumes: dict[str, float]) -> str:
     """The case whose foreground volume is closest to the median of the non-empty ``volumes`` (ties: first id)."""
+    return atlas_ranking(volumes)[0]
+
+
+def atlas_ranking(volumes: dict[str, float]) -> list[str]:
+    """The cases with foreground, closest foreground volume to the median first (ties: first id)."""
     candidates = {case: volume for case, volume in volumes.items() if volume > 0}
     if not candidates:
         raise OsmError("no label map has a foreground voxel: there is nothing to segment")
     median = float(np.median(list(candidates.values())))
-    return min(sorted(candidates), key=lambda case: abs(candidates[case] - median))
+    return sorted(sorted(candidates), key=lambda case: abs(candidates[case] - median))
 
 
 def default_num_test(num_labeled_others: int, num_label_free: int) -> int:
@@ -49,7 +62,7 @@ def default_num_test(num_labeled_others: int, num_label_free: int) -> int:
 
 
 def split_cases(volumes: dict[str, float], label_free: list[str], atlas: str | None, num_unlabeled: int | None,
-                num_test: int | None, seed: int) -> Split:
+                num_test: int | None, seed: int, num_atlases: int = 1) -> Split:
     """Assign roles; ``volumes`` holds the labeled cases (foreground mm³), ``label_free`` the cases without labels."""
     if not volumes:
         raise OsmError("no labeled case found: the atlas needs a label")
@@ -60,9 +73,14 @@ def split_cases(volumes: dict[str, float], label_free: list[str], atlas: str | N
         raise OsmError(f"--atlas {atlas}: this case {kind}; labeled cases: {_preview(sorted(volumes))}")
     if volumes[atlas] <= 0:
         raise OsmError(f"--atlas {atlas}: its label map has no foreground voxel")
-    others = sorted(c for c in volumes if c != atlas)
-    total = len(others) + len(label_free) + 1
-    if total < 2:
+    if num_atlases < 1:
+        raise OsmError(f"--num-atlases must be at least 1, got {num_atlases}")
+    extra = [c for c in atlas_ranking(volumes) if c != atlas][:num_atlases - 1]
+    if len(extra) < num_atlases - 1:
+        raise OsmError(f"--num-atlases {num_atlases}: only {len(extra) + 1} labeled case(s) with foreground")
+    others = sorted(c for c in volumes if c != atlas and c not in extra)
+    total = len(others) + len(label_free) + num_atlases
+    if total < num_atlases + 1:
         raise OsmError(f"found only {total} case: a dataset needs the labeled atlas plus at least one unlabeled image")
     for option, value in (("--num-test", num_test), ("--num-unlabeled", num_unlabeled)):
         if value is not None and value < 0:
@@ -84,7 +102,7 @@ def split_cases(volumes: dict[str, float], label_free: list[str], atlas: str | N
     free = [sorted(label_free)[i] for i in rng.permutation(len(label_free))]
     pool = free + shuffled[num_test:]
     return Split(atlas, tuple(sorted(pool[:num_unlabeled])), tuple(sorted(shuffled[:num_test])),
-                 tuple(sorted(pool[num_unlabeled:])))
+                 tuple(sorted(pool[num_unlabeled:])), tuple(sorted(extra)))
 
 
 def _preview(items: list[str], limit: int = 8) -> str:

@@ -45,7 +45,8 @@ class _LabelScan:
 
 def convert_dataset(source: Source, raw_root: str, dataset_id: int, name: str | None = None, atlas: str | None = None,
                     num_unlabeled: int | None = None, num_test: int | None = None, seed: int = 12345,
-                    overwrite: bool = False, geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> str:
+                    overwrite: bool = False, geometry_tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
+                    num_atlases: int = 1) -> str:
     """Write ``source`` as ``raw_root/DatasetNNN_Name`` (see :mod:`~osmedseg.dataset_conversion.split` for the rules).
 
     Returns the dataset folder. Label files are written as integer maps carrying their image's geometry.
@@ -76,7 +77,8 @@ def convert_dataset(source: Source, raw_root: str, dataset_id: int, name: str | 
         print(f"note: source label id(s) {sorted(unmapped)} are not in the label map and become background")
 
     label_free = [c.case_id for c in source.cases if c.label_file is None]
-    split = split_cases({c: s.volume_mm3 for c, s in scans.items()}, label_free, atlas, num_unlabeled, num_test, seed)
+    split = split_cases({c: s.volume_mm3 for c, s in scans.items()}, label_free, atlas, num_unlabeled, num_test, seed,
+                        num_atlases)
     _warn_atlas_coverage(split.atlas, scans, found, renumbered)
 
     with _staging_folder(target, overwrite) as staging:
@@ -86,7 +88,7 @@ def convert_dataset(source: Source, raw_root: str, dataset_id: int, name: str | 
         validate_dataset_json(info, os.path.join(staging, "dataset.json"))
         save_json_atomic(info, os.path.join(staging, "dataset.json"))
         load_raw_dataset(staging)  # the result must load like any raw dataset
-    print(f"wrote {target}: atlas {split.atlas}, {len(split.unlabeled)} unlabeled, {len(split.test)} test"
+    print(f"wrote {target}: atlas {', '.join(split.atlases)}, {len(split.unlabeled)} unlabeled, {len(split.test)} test"
           + (f", {len(split.unused)} case(s) not used" if split.unused else ""))
     return target
 
@@ -211,7 +213,7 @@ def _read_channels(case: SourceCase, tolerance: float) -> tuple[list[np.ndarray]
 def _write_cases(source: Source, split: Split, scans: dict[str, _LabelScan], recipe: LabelRecipe, staging: str,
                  tolerance: float) -> IntensitySurvey:
     by_id = {c.case_id: c for c in source.cases}
-    roles = [(split.atlas, "atlas", "imagesTr", "labelsTr")]
+    roles = [(atlas, "atlas", "imagesTr", "labelsTr") for atlas in split.atlases]
     roles += [(c, "unlabeled", "imagesUnlabeled", None) for c in split.unlabeled]
     roles += [(c, "test", "imagesTs", "labelsTs") for c in split.test]
     survey = IntensitySurvey(source.channel_names)
@@ -243,6 +245,7 @@ def _dataset_json(source: Source, name: str, labels: dict[str, int], split: Spli
         "inputs": source.inputs,
         "atlas": split.atlas,
         "atlas_rule": "chosen with --atlas" if atlas_given else ATLAS_RULE,
+        **({"atlases": list(split.atlases)} if split.extra_atlases else {}),
         "seed": seed,
         "cases_found": len(source.cases),
         "unused_cases": list(split.unused),
@@ -262,7 +265,7 @@ def _dataset_json(source: Source, name: str, labels: dict[str, int], split: Spli
         "channel_names": {str(i): n for i, n in enumerate(source.channel_names)},
         "labels": labels,
         "file_ending": FILE_ENDING,
-        "numTraining": 1,
+        "numTraining": len(split.atlases),
         "numUnlabeled": len(split.unlabeled),
         "numTest": len(split.test),
         "intensity_scale": survey.scale(),

@@ -67,14 +67,14 @@ class DistillationStage(StageTrainer):
         samples = load_synthesized(self.synthesis_folder, self.caches)
         if len(samples) < 2:
             raise OsmError(f"{self.synthesis_folder}: no synthesised samples; run osm_train -stage synthesis first")
-        synthesised = sorted(c for c, s in samples.items() if s["role"] != "atlas")
+        synthesised = sorted(c for c, s in samples.items() if s["role"] == "synthesised")
         n_val = int(round(self.options["validation_fraction"] * len(synthesised)))
         n_val = min(max(1, n_val), len(synthesised) - 1)
         order = np.random.default_rng(self.seed).permutation(len(synthesised))
         self.validation_ids = sorted(synthesised[i] for i in order[:n_val])
-        kept = [(c, s) for c, s in sorted(samples.items()) if c not in self.validation_ids]
-        train = [_training_sample(s) for _, s in kept]
-        self.refreshable = [i for i, (_, s) in enumerate(kept) if s["role"] != "atlas"]  # the atlas stays
+        self.kept = [(c, s) for c, s in sorted(samples.items()) if c not in self.validation_ids]
+        train = [training_sample(s) for _, s in self.kept]
+        self.refreshable = [i for i, (_, s) in enumerate(self.kept) if s["role"] == "synthesised"]  # atlases stay
         validation = [{"image": samples[c]["real"], "label": samples[c]["label"]} for c in self.validation_ids]
         return train, validation
 
@@ -89,14 +89,7 @@ class DistillationStage(StageTrainer):
         self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration.batch_size,
                                     self.options["oversample_foreground"], self.seed)
         self.transforms = training_transforms(self.patch_size, configuration.mirror_axes)
-        arch = configuration.architecture
-        # a shallow network (tiny data) has fewer decoder layers than hint layers asked for: use all it has
-        hint_layers = min(self.options["hint_layers"], len(arch["features_per_stage"]) - 1)
-        self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
-                                                hint_layers).to(self.device)
-        if self.uses_teacher:
-            self.modules["teacher"] = build_network(arch, self.channels, self.channels, "teacher",
-                                                    hint_layers).to(self.device)
+        self.build_networks(configuration.architecture)
         for name, module in self.modules.items():
             self.optimizers[name] = self._optimizer(module)
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
@@ -104,6 +97,17 @@ class DistillationStage(StageTrainer):
         self.segmentation_loss = DiceCELoss(ce_top_fraction=self.options["ce_top_fraction"])
         self.reconstruction_loss = ReconstructionLoss()
         self.hint_loss = HintLoss()
+
+    def build_networks(self, arch: dict) -> None:
+        """The trained networks in ``self.modules`` (each gets its own optimiser): the student, and the
+        reconstruction teacher when the hint loss is on."""
+        # a shallow network (tiny data) has fewer decoder layers than hint layers asked for: use all it has
+        hint_layers = min(self.options["hint_layers"], len(arch["features_per_stage"]) - 1)
+        self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
+                                                hint_layers).to(self.device)
+        if self.uses_teacher:
+            self.modules["teacher"] = build_network(arch, self.channels, self.channels, "teacher",
+                                                    hint_layers).to(self.device)
 
     def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
         lr, wd = self.options["lr"], self.options["weight_decay"]
@@ -118,16 +122,22 @@ class DistillationStage(StageTrainer):
             return
         count = max(1, int(round(self.options["refresh_fraction"] * len(self.refreshable))))
         for index in rng.choice(self.refreshable, count, replace=False):
-            self.sampler.replace(int(index), _training_sample(self.synthesizer.sample(rng)), rng)
+            self.sampler.replace(int(index), training_sample(self.synthesizer.sample(rng)), rng)
 
-    def train_step(self, rng: np.random.Generator) -> dict[str, float]:
+    def student_batch(self, rng: np.random.Generator) -> dict[str, torch.Tensor | None]:
+        """An augmented batch: ``image`` (the synthesised image, or with probability ``real_fraction`` per sample the
+        real one), ``real``, ``target`` (B, 1, ...) labels and ``weight`` (pseudo-label confidence, or None)."""
         batch = self.transforms(**self.sampler.sample(rng))
         data = torch.from_numpy(batch["data"]).to(self.device)
-        target = torch.from_numpy(batch["seg"]).long().to(self.device)
         synthetic, real = data[:, :self.channels], data[:, self.channels:]
         use_real = rng.random(len(data)) < self.options["real_fraction"]
-        synthetic = torch.where(torch.from_numpy(use_real).to(self.device)[:, None, None, None, None], real, synthetic)
-        weight = self.pseudo_label_weights(batch["seg"], use_real)
+        image = torch.where(torch.from_numpy(use_real).to(self.device)[:, None, None, None, None], real, synthetic)
+        return {"image": image, "real": real, "target": torch.from_numpy(batch["seg"]).long().to(self.device),
+                "weight": self.pseudo_label_weights(batch["seg"], use_real)}
+
+    def train_step(self, rng: np.random.Generator) -> dict[str, float]:
+        batch = self.student_batch(rng)
+        synthetic, real, target, weight = batch["image"], batch["real"], batch["target"], batch["weight"]
         with self.autocast():
             student = self.train_modules["student"](synthetic)
             seg_loss = self.segmentation_loss(student["out"], target, weight)
@@ -206,6 +216,6 @@ def check_options(options: dict) -> None:
         raise OsmError(f"-real_fraction must be in [0, 1], got {real}")
 
 
-def _training_sample(triplet: dict) -> dict[str, np.ndarray]:
+def training_sample(triplet: dict) -> dict[str, np.ndarray]:
     """Synthesised image and real image stacked as channels (augmented together), with the synthesised label."""
     return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": triplet["label"]}

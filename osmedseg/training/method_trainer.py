@@ -16,7 +16,7 @@ from osmedseg.preprocessing.cache import list_cached_cases
 from osmedseg.planning.fingerprint import FINGERPRINT_FILE
 from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.registration.trained import TrainedRegistration
-from osmedseg.run_folder import DATASET_JSON, DISTILLATION, FINAL, REGISTRATION, SYNTHESIS_FOLDER, RunFolder
+from osmedseg.run_folder import DATASET_JSON, DISTILLATION, FINAL, REGISTRATION, SYNTHESIS_FOLDER, TEACHER, RunFolder
 from osmedseg.synthesis.offline import CaseCaches, synthesize_offline
 from osmedseg.synthesis.on_the_fly import OnTheFlySynthesizer
 from osmedseg.training.distillation_stage import DistillationStage
@@ -35,13 +35,15 @@ class MethodTrainer:
 
     A variant is a subclass that changes a class attribute, e.g. ``distillation_options = {"lambda_hint": 0}``.
     ``options`` maps a stage name (``registration``, ``synthesis``, ``distillation``) to that stage's options from
-    the command line; they override the class defaults.
+    the command line; they override the class defaults. A method with a separately trained teacher (SIKD) adds the
+    stage ``teacher`` before ``distillation``; it takes the distillation options (same data, same schedule).
     """
 
     stages: tuple[str, ...] = (REGISTRATION, "synthesis", DISTILLATION)
     registration_stage: type[StageTrainer] = RegistrationStage
     registration_options: dict = {}
     synthesis_options: dict = {"appearance_transfer": "histogram"}
+    teacher_stage: type[StageTrainer] | None = None
     distillation_stage: type[StageTrainer] = DistillationStage
     distillation_options: dict = {}
 
@@ -70,10 +72,11 @@ class MethodTrainer:
         """Instantiate the stage ``name`` with its own options."""
         if name == REGISTRATION:
             return self.registration_stage(**self.common, **self.options[REGISTRATION])
-        if name == DISTILLATION:
+        if name in (TEACHER, DISTILLATION) and name in self.stages:
             options = self.options[DISTILLATION]
-            return self.distillation_stage(**self.common, caches=self.caches,
-                                           synthesizer=self.on_the_fly_synthesizer(options), **options)
+            stage = self.teacher_stage if name == TEACHER else self.distillation_stage
+            return stage(**self.common, caches=self.caches, synthesizer=self.on_the_fly_synthesizer(options),
+                         **options)
         raise OsmError(f"{type(self).__name__} has no stage {name!r} (stages: {', '.join(self.stages)})")
 
     def trained_registration(self) -> TrainedRegistration:
@@ -86,6 +89,10 @@ class MethodTrainer:
     def usable_targets(self) -> list[str]:
         """Unlabeled volumes whose affine alignment succeeded."""
         return RegistrationVolumes(self.caches.registration).unlabeled_ids
+
+    def usable_atlases(self) -> list[str]:
+        """The reference atlas and the other atlases whose affine alignment to it succeeded."""
+        return RegistrationVolumes(self.caches.registration).atlas_ids
 
     def on_the_fly_synthesizer(self, options: dict) -> OnTheFlySynthesizer | None:
         """The trained registration wrapped for on-the-fly synthesis, if the options ask for it."""
@@ -108,10 +115,10 @@ class MethodTrainer:
             REGISTRATION: (lambda: registration_seconds(
                 self.plans, channels, reg_options, device, registration.epochs * registration.iterations_per_epoch,
                 registration.epochs, validation, unlabeled), REGISTRATION in stages),
-            DISTILLATION: (lambda: distillation_seconds(
+            **{name: (lambda: distillation_seconds(
                 self.plans, channels, max(label_values(self.dataset_json)) + 1, dist_options, device,
                 distillation.epochs * distillation.iterations_per_epoch, distillation.epochs, held_out),
-                DISTILLATION in stages)})
+                name in stages) for name in (TEACHER, DISTILLATION)}})
         if seconds:
             parts = ", ".join(f"{name} {value / 60:.1f}" for name, value in seconds.items())
             print(f"estimated training time: {sum(seconds.values()) / 60:.1f} min ({parts}; registration is a "
@@ -151,7 +158,7 @@ class MethodTrainer:
         self.prepare_run_folder()
         if reuse_registration_from:
             self.reuse_registration(reuse_registration_from)
-        to_train = [name for name in (REGISTRATION, DISTILLATION) if name in self.stages
+        to_train = [name for name in (REGISTRATION, TEACHER, DISTILLATION) if name in self.stages
                     and (only_stage == name or (only_stage is None and not
                                                 os.path.isfile(self.run_folder.checkpoint(name, FINAL))))]
         if distributed_context()[0] == 0 and to_train:
@@ -169,13 +176,14 @@ class MethodTrainer:
             stage.run(resume=resume)
 
     def run_synthesis(self) -> None:
-        """Synthesise one labeled pair per usable unlabeled volume with the trained registration."""
+        """Synthesise one labeled pair per usable unlabeled volume with the trained registration (and write the
+        atlases as samples, see ``synthesis.offline``)."""
         registration = self.trained_registration()
         rank, _, world_size = distributed_context()
         if world_size > 1:  # under torchrun, rank 0 synthesises and the others wait for it
             init_process_group(registration.device)
         if rank == 0:
-            cases = [self.caches.atlas_id] + self.usable_targets()
+            cases = self.usable_atlases() + self.usable_targets()
             written = synthesize_offline(registration, self.caches, cases, self.run_folder.synthesis_folder,
                                          self.options["synthesis"]["appearance_transfer"], self.disable_pbar)
             print(f"synthesis: {len(written)} labeled pairs in {self.run_folder.synthesis_folder}", flush=True)

@@ -1,4 +1,4 @@
-"""Access to the ``registration`` cache: the atlas and the usable unlabeled targets, with their fields of view."""
+"""Access to the ``registration`` cache: the atlases and the usable unlabeled targets, with their fields of view."""
 from __future__ import annotations
 
 import os
@@ -29,7 +29,8 @@ class RegistrationVolumes:
                 reasons.append(f"{case_id} ({properties['alignment']['message']})")
                 continue
             roles[properties["role"]].append(case_id)
-        self.atlas_id = roles["atlas"][0]
+        self.atlas_ids = roles["atlas"]  # the reference first; further atlases only if their alignment succeeded
+        self.atlas_id = self.atlas_ids[0]
         self.unlabeled_ids = roles["unlabeled"]
         refused = f"refusing {len(reasons)} volume(s) whose affine alignment to the atlas failed: {'; '.join(reasons)}"
         if not self.unlabeled_ids:

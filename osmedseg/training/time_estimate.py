@@ -60,14 +60,15 @@ def registration_seconds(plans: Plans, channels: int, options: dict, device: tor
 
 def distillation_seconds(plans: Plans, channels: int, num_classes: int, options: dict, device: torch.device,
                          iterations: int, epochs: int, validation_volumes: int) -> float:
-    """Training iterations (augmentation included) plus the per-epoch sliding-window validation."""
+    """Training iterations (augmentation included) plus the per-epoch sliding-window validation. Methods without
+    OS-MedSeg's hint options (SIKD, EFS-MedSeg) are timed as the student alone, a lower bound."""
     configuration = plans.segmentation
     patch, batch = configuration.patch_size, configuration.batch_size
     architecture = configuration.architecture
-    hint_layers = min(options["hint_layers"], len(architecture["features_per_stage"]) - 1)
+    hint_layers = min(options.get("hint_layers", 0), len(architecture["features_per_stage"]) - 1)
     student = build_network(architecture, channels, num_classes, "student", hint_layers).to(device)
     teacher = build_network(architecture, channels, channels, "teacher", hint_layers).to(device) \
-        if options["lambda_hint"] > 0 else None
+        if options.get("lambda_hint", 0) > 0 else None
     transforms = training_transforms(patch, configuration.mirror_axes)
     rng = np.random.default_rng(0)
     raw = {"data": rng.standard_normal((batch, 2 * channels, *enlarged_patch_size(patch))).astype(np.float32),

@@ -141,3 +141,16 @@ def test_missing_label_names_the_file(tmp_path, write_pair, convert):
     code, _, err = convert(["folders", "--images", str(tmp_path / "nope"), "--labels", str(tmp_path / "lab"),
                             "-d", "9"])
     assert code == 2 and f"{tmp_path / 'nope'}: image folder" in err
+
+
+def test_prostate_trus_with_two_atlases(convert):
+    code, out, err = convert(_trus_args(3, "--name", "TwoAtlases", "--num-atlases", "2"))
+    assert code == 0, err
+    folder = os.path.join(convert.raw, "Dataset003_TwoAtlases")
+    info = json.load(open(os.path.join(folder, "dataset.json")))
+    assert (info["numTraining"], info["numUnlabeled"], info["numTest"]) == (2, 19, 6)  # 25 others: 25 % -> 6 test
+    roles = _roles(folder)
+    assert len(roles["atlas"]) == 2 and info["conversion"]["atlases"] == sorted(roles["atlas"])
+    assert len(os.listdir(os.path.join(folder, "labelsTr"))) == 2
+    code, _, err = convert(_trus_args(4, "--name", "Bad", "--num-atlases", "0"))
+    assert code != 0 and "--num-atlases must be" in err

@@ -39,3 +39,16 @@ def test_split_errors(kwargs, message):
     with pytest.raises(OsmError, match=message):
         split_cases({"a": 1.0, "b": 2.0, "c": 3.0}, ["u0"], options["atlas"], options["num_unlabeled"],
                     options["num_test"], seed=0)
+
+
+def test_several_atlases_are_the_cases_closest_to_the_median():
+    volumes = {"a": 1.0, "b": 5.0, "c": 9.0, "d": 100.0, "e": 6.0, "f": 0.0}
+    split = split_cases(volumes, ["u0"], None, None, 1, seed=0, num_atlases=3)
+    # median of the non-empty volumes 6: e (0), then b (1), then c (3)
+    assert (split.atlas, split.extra_atlases, split.atlases) == ("e", ("b", "c"), ("b", "c", "e"))
+    assert not set(split.atlases) & set(split.unlabeled + split.test + split.unused)
+    given = split_cases(volumes, ["u0"], "d", None, 1, seed=0, num_atlases=2)
+    assert given.atlas == "d" and given.extra_atlases == ("e",)
+    assert split_cases(volumes, ["u0"], None, None, 1, seed=0).extra_atlases == ()
+    with pytest.raises(OsmError, match="only 5 labeled case"):
+        split_cases(volumes, ["u0"], None, None, 0, seed=0, num_atlases=6)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from osmedseg.errors import OsmError
-from osmedseg.networks import StudentUNet, TeacherUNet, UNetArch, build_network
+from osmedseg.networks import StudentUNet, TeacherUNet, UNetArch, VAEDecoder, build_network
 from osmedseg.networks.blocks import DoubleConv, ResidualUnit
 
 SMALL = {"features_per_stage": [4, 8, 16]}
@@ -103,3 +103,52 @@ def test_arch_round_trips_through_json_dict_and_rejects_bad_plans():
 def test_two_dimensional_networks_work_too():
     student = StudentUNet(1, 3, {"features_per_stage": [4, 8, 16], "strides": [[1, 1], [2, 2], [2, 2]]}).eval()
     assert student(torch.randn(1, 1, 15, 20))["out"].shape == (1, 3, 15, 20)
+
+
+def _output_with_bottleneck_zeroed(network, x):
+    """The network's logits with the bottleneck output replaced by zeros (so only skips could carry the input)."""
+    handle = network.bottleneck.register_forward_hook(lambda module, inputs, output: torch.zeros_like(output))
+    try:
+        return network(x)["out"]
+    finally:
+        handle.remove()
+
+
+def test_skipless_copy_has_no_skip_connections():
+    torch.manual_seed(0)
+    skipless = build_network(SMALL, 1, 3, "skipless", 0).eval()
+    student = build_network(SMALL, 1, 3, "student", 0).eval()
+    def first_conv_inputs(network):
+        return [next(m for m in block.modules() if isinstance(m, torch.nn.Conv3d)).in_channels
+                for block in network.decoder]
+
+    assert first_conv_inputs(skipless) == [4, 8]  # f_s, not 2 f_s: nothing concatenated
+    assert first_conv_inputs(student) == [8, 16]
+    assert set(student.state_dict()) == set(skipless.state_dict())  # the same layers otherwise
+    first, second = torch.randn(1, 1, 8, 8, 8), torch.randn(1, 1, 8, 8, 8)
+    # with the bottleneck blocked, the skip-less network's output no longer depends on the input; the student's does
+    assert torch.equal(_output_with_bottleneck_zeroed(skipless, first), _output_with_bottleneck_zeroed(skipless, second))
+    assert not torch.allclose(_output_with_bottleneck_zeroed(student, first),
+                              _output_with_bottleneck_zeroed(student, second))
+
+
+def test_student_returns_the_penultimate_feature_that_the_classifier_reads():
+    student = StudentUNet(1, 3, SMALL).eval()
+    out = student(torch.randn(1, 1, 8, 8, 8))
+    assert out["penultimate"].shape == (1, 4, 8, 8, 8)
+    assert torch.allclose(student.head[1](out["penultimate"]), out["out"])
+    assert torch.allclose(student.head[0](out["feature"]), out["penultimate"])
+
+
+def test_vae_decoder_reconstructs_from_a_shared_encoder():
+    torch.manual_seed(0)
+    student, decoder = StudentUNet(2, 3, SMALL), VAEDecoder(SMALL, 2)
+    out = student(torch.randn(2, 2, 8, 12, 8))
+    reconstruction = decoder(out["bottom"], out["skips"])
+    assert reconstruction["out"].shape == (2, 2, 8, 12, 8)
+    assert reconstruction["mu"].shape == reconstruction["logvar"].shape == (2, 16, 2, 3, 2)
+    reconstruction["out"].mean().backward()
+    assert student.encoder[0][0][0].weight.grad is not None  # the reconstruction trains the shared encoder
+    assert student.head[1].weight.grad is None
+    decoder.eval()
+    assert torch.equal(decoder(out["bottom"], out["skips"])["out"], decoder(out["bottom"], out["skips"])["out"])

@@ -61,8 +61,8 @@ RULES: dict[str, dict[str, Rule]] = {
                   "-lambda_rec": AT_LEAST_0, "-lambda_hint": AT_LEAST_0, "-hint_layers": AT_LEAST_1,
                   "-hint_warmup": UNIT, "-ce_top_fraction": FRACTION, "-real_fraction": UNIT, "-lr": POSITIVE,
                   "-seed": SEED},
-    "osm_predict": {"-step_size": FRACTION, "-tile_batch_size": AT_LEAST_1, "-num_parts": AT_LEAST_1,
-                    "-part_id": AT_LEAST_0, "-npp": AT_LEAST_1, "-nps": AT_LEAST_1, "-seed": SEED},
+    "osm_predict": {"-step_size": FRACTION, "-tile_batch_size": AT_LEAST_1, "-memory_budget_gb": POSITIVE,
+                    "-num_parts": AT_LEAST_1, "-part_id": AT_LEAST_0, "-npp": AT_LEAST_1, "-nps": AT_LEAST_1, "-seed": SEED},
     "osm_evaluate": {"-l": AT_LEAST_0, "-np": AT_LEAST_0},
     "osm_overlay": {},
 }

@@ -3,6 +3,7 @@ geometry."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import torch
@@ -11,8 +12,11 @@ from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, write_label
 from osmedseg.networks.unet import build_network
 from osmedseg.planning.plans import PLANS_FILE, Plans
-from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, revert_probabilities,
-                                                              revert_segmentation)
+from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
+from osmedseg.inference.export import export_bytes, export_prediction
+from osmedseg.inference.memory import (WindowMemory, available_memory, choose_tile_batch, max_tile_batch,
+                                       tile_forward_bytes, window_memory)
+from osmedseg.inference.precision import compute_dtype
 from osmedseg.inference.sliding_window import predict_sliding_window
 from osmedseg.run_folder import DATASET_JSON, RunFolder
 from osmedseg.utilities.device import resolve_device
@@ -32,11 +36,17 @@ class Predictor:
     Example::
 
         predictor = Predictor(RunFolder(path), device="cuda")
-        segmentation = predictor.predict_array(image, geometry)   # image (C, Z, Y, X), result in the same grid
+        segmentation, _ = predictor.predict_array(image, geometry)   # image (C, Z, Y, X), result in the same grid
+
+    ``precision`` ("auto", "float32", "bfloat16", "float16") picks the network's autocast dtype
+    (``precision.compute_dtype``). ``tile_batch_size`` None takes the most tiles per forward pass whose estimated
+    peak fits ``memory_budget`` bytes (default: the device's available memory), at most ``memory.MAX_TILE_BATCH``;
+    a given number is an upper limit that is lowered, with a notice, when its estimate would not fit.
     """
 
     def __init__(self, run: RunFolder, checkpoint: str = "student_final.pth", device: str = "cpu",
-                 step_size: float = 0.5, tile_batch_size: int = 4, use_mirroring: bool = True):
+                 step_size: float = 0.5, tile_batch_size: int | None = None, use_mirroring: bool = True,
+                 precision: str = "auto", memory_budget: int | None = None):
         self.plans = Plans.load(run.file(PLANS_FILE))
         self.dataset_json = run.load_json(DATASET_JSON)
         self.configuration = self.plans.segmentation
@@ -51,8 +61,10 @@ class Predictor:
                                      hint_layers=0).to(self.device)
         self.network.load_state_dict(state["state_dict"])
         self.network.eval()
-        self.step_size, self.tile_batch_size = step_size, tile_batch_size
+        self.step_size, self.tile_batch_size, self.memory_budget = step_size, tile_batch_size, memory_budget
         self.mirror_axes = tuple(self.configuration.mirror_axes) if use_mirroring else None
+        self.precision, self.network_dtype = precision, compute_dtype(self.device, precision)
+        self._forward_bytes: int | None = None
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         check_channel_count(image, self.num_channels, name)
@@ -62,21 +74,42 @@ class Predictor:
         data, _, properties = preprocess_image(image, geometry, self.configuration, self.plans.intensity_properties)
         return data, properties
 
-    def predict_logits(self, data: np.ndarray) -> torch.Tensor:
-        """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume."""
-        return predict_sliding_window(lambda x: self.network(x)["out"], torch.from_numpy(data),
-                                      self.configuration.patch_size, self.num_classes, self.step_size,
-                                      self.tile_batch_size, mirror_axes=self.mirror_axes, device=self.device)
+    def _network_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)["out"]
 
-    def export(self, logits: torch.Tensor, properties: dict, with_probabilities: bool = False
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Label map (and probabilities) in the original grid. Probabilities are resampled only when asked for or
-        when the spacing changed; otherwise the argmax is taken in the preprocessed grid and un-cropped."""
-        resampled = list(logits.shape[1:]) != list(properties["shape_after_cropping"])
-        if not (with_probabilities or resampled):
-            return revert_segmentation(logits.argmax(0).cpu().numpy().astype(np.int16), properties), None
-        probabilities = revert_probabilities(torch.softmax(logits, 0).cpu().numpy(), properties)
-        return probabilities.argmax(0).astype(np.int16), probabilities if with_probabilities else None
+    def estimate_memory(self, data_shape: tuple[int, ...], properties: dict, with_probabilities: bool = False
+                        ) -> WindowMemory:
+        """Bytes the prediction of a preprocessed ``(C, ...)`` volume will allocate (fixed + per tile in a pass)."""
+        patch = tuple(self.configuration.patch_size)
+        if self._forward_bytes is None:  # one tile's forward pass, measured once
+            self._forward_bytes = tile_forward_bytes(self._network_output, self.num_channels, patch, self.device,
+                                                     self.network_dtype)
+        return window_memory(data_shape, patch, self.num_classes, self.network_dtype, self._forward_bytes,
+                             export_bytes(self.num_classes, properties, with_probabilities))
+
+    def plan_tile_batch(self, memory: WindowMemory) -> int:
+        """Tiles per forward pass: the most that fit the memory budget, up to ``tile_batch_size`` or the device's
+        limit; 1 (with a warning) when even one tile's estimate exceeds the budget."""
+        budget = self.memory_budget if self.memory_budget is not None else available_memory(self.device)
+        limit = self.tile_batch_size or max_tile_batch(self.device)
+        batch = choose_tile_batch(memory, budget, limit)
+        if budget is not None and memory.peak(batch) > budget:
+            print(f"WARNING: the prediction needs about {memory.peak(1) / 2**30:.1f} GiB with one tile per pass, "
+                  f"more than the {budget / 2**30:.1f} GiB available; trying anyway", file=sys.stderr)
+        elif self.tile_batch_size and batch < self.tile_batch_size:
+            print(f"-tile_batch_size {self.tile_batch_size} would need about "
+                  f"{memory.peak(self.tile_batch_size) / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB "
+                  f"available: {batch} tile(s) per pass", file=sys.stderr)
+        return batch
+
+    def predict_logits(self, data: np.ndarray, tile_batch_size: int) -> torch.Tensor:
+        """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume (float16 under reduced precision)."""
+        image = torch.from_numpy(data)
+        if self.device.type == "cuda":
+            image = image.pin_memory()
+        return predict_sliding_window(self._network_output, image, self.configuration.patch_size, self.num_classes,
+                                      self.step_size, tile_batch_size, mirror_axes=self.mirror_axes,
+                                      device=self.device, precision=self.precision)
 
     def predict_file(self, image_files: list[str], output_file: str) -> np.ndarray:
         """Segment one case from its channel files and write the label map (atomically) in the input's geometry."""
@@ -91,4 +124,7 @@ class Predictor:
         """Segment a ``(C, Z, Y, X)`` image; the result has the image's own grid."""
         self.check_channels(image, "input")
         data, properties = self.preprocess(image, geometry)
-        return self.export(self.predict_logits(data), properties, with_probabilities)
+        tile_batch_size = self.plan_tile_batch(self.estimate_memory(data.shape, properties, with_probabilities))
+        logits = self.predict_logits(data, tile_batch_size)
+        del data
+        return export_prediction(logits, properties, with_probabilities)

@@ -87,8 +87,8 @@ def window_memory(image_shape: Sequence[int], patch: Sequence[int], num_classes:
     accumulate = accumulation_dtype(network_dtype).itemsize
     fixed = (channels * padded * INPUT_BYTES            # padded float32 input
              + num_classes * padded * accumulate         # class accumulator
-             + padded * 4 + padded * (4 + accumulate)    # weight sum, and its reciprocal at the end
-             + tile * (4 + accumulate)                   # Gaussian map and the tile weight
+             + padded * 4                                # weight sum
+             + tile * (4 + 4 + 4 + accumulate)           # Gaussian map, a tile's share of the mean (and its steps)
              + num_classes * tile * accumulate)          # a flipped tile's logits
     fixed += export_bytes
     per_tile = 2 * channels * tile * INPUT_BYTES + forward_bytes + num_classes * tile * accumulate

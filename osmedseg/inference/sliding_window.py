@@ -21,8 +21,7 @@ from osmedseg.inference.precision import accumulation_dtype, autocast, compute_d
 
 NetworkFn = Callable[[torch.Tensor], torch.Tensor]
 Tile = tuple[slice, ...]
-FLOAT16_MIN_WEIGHT = 1e-3  # tile weights below it would make weight x logit subnormal in float16
-FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+FLOAT16_SAFE_LOGIT = float(torch.finfo(torch.float16).max) / 2
 
 
 def compute_tile_starts(size: int, patch: int, step_size: float) -> list[int]:
@@ -87,10 +86,21 @@ def _zeros(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> to
         return torch.zeros(tuple(shape), dtype=dtype)
 
 
-def _tile_weight(patch: tuple[int, ...], use_gaussian: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Each tile's importance map; in float16 floored at `FLOAT16_MIN_WEIGHT` so that weight x logit stays normal."""
-    weight = gaussian_importance_map(patch, device=device) if use_gaussian else torch.ones(patch, device=device)
-    return weight if dtype == torch.float32 else weight.clamp(min=FLOAT16_MIN_WEIGHT).to(dtype)
+class _TileFraction:
+    """A tile's share of each voxel's weighted mean: its weight over the sum of all tiles' weights there, per flip.
+
+    Adding ``logits * share`` builds the mean directly: no division at the end, and in float16 no weight x logit
+    product underflows where all Gaussian weights are tiny (the volume's corners), since the shares sum to 1.
+    """
+
+    def __init__(self, weight: torch.Tensor, weight_sum: torch.Tensor, flips: int) -> None:
+        self.weight, self.weight_sum, self.flips = weight, weight_sum, flips
+        self.last: tuple[Tile, torch.Tensor] | None = None
+
+    def __call__(self, tile: Tile, dtype: torch.dtype) -> torch.Tensor:
+        if self.last is None or self.last[0] != tile or self.last[1].dtype != dtype:  # jobs come tile by tile
+            self.last = tile, (self.weight / self.weight_sum[tile] / self.flips).to(dtype)
+        return self.last[1]
 
 
 def predict_sliding_window(
@@ -127,13 +137,13 @@ def predict_sliding_window(
     padded, crop = _pad_to_patch(image.to(device=device, dtype=torch.float32), patch)
     tiles = _tiles(padded.shape[1:], patch, step_size)
     logits = _zeros((num_classes, *padded.shape[1:]), device, accumulation_dtype(network_dtype))
+    weight = (gaussian_importance_map(patch, device=logits.device) if use_gaussian
+              else torch.ones(patch, device=logits.device))
     weight_sum = _zeros(padded.shape[1:], logits.device, torch.float32)
-    tile_weight = _tile_weight(patch, use_gaussian, logits.dtype, logits.device)
     for tile in tiles:
-        weight_sum[tile] += tile_weight
-    tile_weight = tile_weight / len(flips)
-    safe_logit = FLOAT16_MAX / (2 * float(weight_sum.max()))  # larger logits could overflow a float16 sum
+        weight_sum[tile] += weight
     jobs = [(tile, flip) for tile in tiles for flip in flips]
+    fraction = _TileFraction(weight, weight_sum, len(flips))
     with torch.inference_mode():
         for first in tqdm(range(0, len(jobs), tile_batch_size), disable=not progress, desc="sliding window"):
             chunk = jobs[first : first + tile_batch_size]
@@ -146,16 +156,12 @@ def predict_sliding_window(
                     f"expected {num_classes} channels at the patch size"
                 )
             del batch
-            if logits.dtype == torch.float16 and prediction.abs().amax() > safe_logit:
-                with torch.inference_mode(False):  # the sums would overflow float16
-                    logits, tile_weight = logits.float(), tile_weight.float()
+            if logits.dtype == torch.float16 and prediction.abs().amax() > FLOAT16_SAFE_LOGIT:
+                with torch.inference_mode(False):  # float16 would overflow
+                    logits = logits.float()
             prediction = prediction.to(device=logits.device, dtype=logits.dtype)
             for (tile, flip), tile_logits in zip(chunk, prediction):
-                logits[(slice(None), *tile)].addcmul_(_flip(tile_logits, flip), tile_weight)
+                logits[(slice(None), *tile)].addcmul_(_flip(tile_logits, flip), fraction(tile, logits.dtype))
             del prediction
-    if logits.dtype == torch.float32:
-        logits = logits.div_(weight_sum)
-    else:
-        logits = logits.mul_(weight_sum.reciprocal_().to(logits.dtype))
     logits = logits[(slice(None), *crop)]
     return torch.softmax(logits, dim=0) if return_probabilities else logits

@@ -17,8 +17,14 @@ SLAB_VOXELS = 2**20  # voxels of one class in a slab (4 MB in float32)
 SINGLE_CLASS_VOLUMES = 5  # float32 volumes alive while one class is resampled and compared (an upper bound)
 
 
+def _slab_depth(spatial_shape) -> int:
+    """Slices per slab along z: about ``SLAB_VOXELS`` voxels, at least one slice, at most the volume."""
+    plane = max(1, int(np.prod(spatial_shape[1:])))
+    return int(min(spatial_shape[0], max(1, SLAB_VOXELS // plane)))
+
+
 def _slabs(logits: torch.Tensor) -> range:
-    return range(0, logits.shape[1], max(1, SLAB_VOXELS // max(1, logits[0, 0].numel())))
+    return range(0, logits.shape[1], _slab_depth(logits.shape[1:]))
 
 
 def argmax_labels(logits: torch.Tensor) -> np.ndarray:
@@ -51,13 +57,13 @@ def _class_in_input_grid(probability: torch.Tensor, properties: dict, fill: floa
 
 def export_bytes(num_classes: int, properties: dict, with_probabilities: bool = False) -> int:
     """Bytes ``export_prediction`` allocates beyond the logits (the estimate of ``memory.window_memory``)."""
-    preprocessed = int(np.prod(properties["shape_after_resampling"]))
-    original = int(np.prod(properties["shape_before_cropping"]))
-    resampled = properties["shape_after_resampling"] != properties["shape_after_cropping"]
-    if not (with_probabilities or resampled):
-        return preprocessed * 2 + SLAB_VOXELS * 8 + original * 2
+    shape = properties["shape_after_resampling"]
+    preprocessed, original = int(np.prod(shape)), int(np.prod(properties["shape_before_cropping"]))
+    slab = _slab_depth(shape) * preprocessed // shape[0]
+    if not (with_probabilities or shape != properties["shape_after_cropping"]):
+        return preprocessed * 2 + slab * 8 + original * 2
     full = num_classes * original * 4 if with_probabilities else 0
-    return 2 * num_classes * SLAB_VOXELS * 4 + SINGLE_CLASS_VOLUMES * original * 4 + original * 2 + full
+    return 2 * num_classes * slab * 4 + SINGLE_CLASS_VOLUMES * original * 4 + original * 2 + full
 
 
 def export_prediction(logits: torch.Tensor, properties: dict, with_probabilities: bool = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -21,7 +22,7 @@ from osmedseg.inference.precision import accumulation_dtype, autocast
 
 MAX_TILE_BATCH = {"cpu": 2, "cuda": 8}  # more tiles per pass buy little on a CPU and cost a tile's activations each
 OTHER_DEVICES_MAX_TILE_BATCH = 4
-OPERATOR_WORKSPACE = 1.25  # convolution kernels allocate scratch space outside tensors: a margin on the measured peak
+HEAP_MARGIN = 1.3  # resident memory beyond the live tensors: allocator slack, convolution scratch space
 INPUT_BYTES = 4  # the network input is float32
 
 
@@ -57,22 +58,23 @@ class TensorMemoryTracker(TorchDispatchMode):
 
 def tile_forward_bytes(network_fn: Callable[[torch.Tensor], torch.Tensor], in_channels: int,
                        patch: Sequence[int], device: torch.device, network_dtype: torch.dtype) -> int:
-    """Peak bytes one tile's forward pass allocates (activations and logits), with a margin for operator scratch."""
+    """Peak bytes of tensors one tile's forward pass allocates (activations and logits)."""
     tile = torch.zeros((1, in_channels, *patch), device=device)
     with torch.inference_mode(), autocast(device, network_dtype), TensorMemoryTracker() as tracker:
         network_fn(tile)
-    return int(tracker.peak * OPERATOR_WORKSPACE)
+    return tracker.peak
 
 
 @dataclass(frozen=True)
 class WindowMemory:
-    """Bytes a sliding-window prediction (plus the label export) needs: ``fixed + tile_batch * per_tile``."""
+    """Tensor bytes a sliding-window prediction (plus the label export) needs: ``fixed + tile_batch * per_tile``."""
 
     fixed: int
     per_tile: int
 
     def peak(self, tile_batch_size: int) -> int:
-        return self.fixed + tile_batch_size * self.per_tile
+        """The resident memory to expect: the tensors' bytes and the heap's margin."""
+        return int((self.fixed + tile_batch_size * self.per_tile) * HEAP_MARGIN)
 
 
 def window_memory(image_shape: Sequence[int], patch: Sequence[int], num_classes: int, network_dtype: torch.dtype,
@@ -135,5 +137,42 @@ def choose_tile_batch(memory: WindowMemory, budget: int | None, limit: int) -> i
     """The most tiles per forward pass (1 ... ``limit``) whose estimated peak fits ``budget`` bytes; at least 1."""
     if budget is None:
         return limit
-    fitting = (budget - memory.fixed) // memory.per_tile
-    return int(min(limit, max(1, fitting)))
+    fitting = [batch for batch in range(1, limit + 1) if memory.peak(batch) <= budget]
+    return max(fitting, default=1)
+
+
+class TileBatchPlanner:
+    """Picks the tiles per forward pass of one network and patch, from the memory estimate and a budget.
+
+    One tile's forward pass is measured on the first call (it doubles as the warm-up). ``budget`` None means the
+    device's available memory at each call; ``limit`` None the device's ``MAX_TILE_BATCH``. A given ``limit`` is
+    lowered, with a notice, when its estimate would not fit.
+    """
+
+    def __init__(self, network_fn: Callable[[torch.Tensor], torch.Tensor], in_channels: int, patch: Sequence[int],
+                 num_classes: int, device: torch.device, network_dtype: torch.dtype, budget: int | None = None,
+                 limit: int | None = None) -> None:
+        self.network_fn, self.in_channels, self.patch = network_fn, in_channels, tuple(patch)
+        self.num_classes, self.device, self.network_dtype = num_classes, device, network_dtype
+        self.budget, self.limit = budget, limit
+        self._forward_bytes: int | None = None
+
+    def estimate(self, image_shape: Sequence[int], export_bytes: int = 0) -> WindowMemory:
+        """The memory of predicting a ``(C, *spatial)`` volume, plus ``export_bytes`` for its export."""
+        if self._forward_bytes is None:
+            self._forward_bytes = tile_forward_bytes(self.network_fn, self.in_channels, self.patch, self.device,
+                                                     self.network_dtype)
+        return window_memory(image_shape, self.patch, self.num_classes, self.network_dtype, self._forward_bytes,
+                             export_bytes)
+
+    def tile_batch(self, memory: WindowMemory) -> int:
+        """The most tiles per pass that fit; 1, with a warning, when even one tile's estimate exceeds the budget."""
+        budget = self.budget if self.budget is not None else available_memory(self.device)
+        batch = choose_tile_batch(memory, budget, self.limit or max_tile_batch(self.device))
+        if budget is not None and memory.peak(batch) > budget:
+            print(f"WARNING: the prediction needs about {memory.peak(1) / 2**30:.1f} GiB with one tile per pass, "
+                  f"more than the {budget / 2**30:.1f} GiB available; trying anyway", file=sys.stderr)
+        elif self.limit and batch < self.limit:
+            print(f"-tile_batch_size {self.limit} would need about {memory.peak(self.limit) / 2**30:.1f} GiB, more "
+                  f"than the {budget / 2**30:.1f} GiB available: {batch} tile(s) per pass", file=sys.stderr)
+        return batch

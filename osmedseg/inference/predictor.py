@@ -3,7 +3,6 @@ geometry."""
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import torch
@@ -14,8 +13,7 @@ from osmedseg.networks.unet import build_network
 from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
 from osmedseg.inference.export import export_bytes, export_prediction
-from osmedseg.inference.memory import (WindowMemory, available_memory, choose_tile_batch, max_tile_batch,
-                                       tile_forward_bytes, window_memory)
+from osmedseg.inference.memory import TileBatchPlanner
 from osmedseg.inference.precision import compute_dtype
 from osmedseg.inference.sliding_window import predict_sliding_window
 from osmedseg.run_folder import DATASET_JSON, RunFolder
@@ -61,10 +59,12 @@ class Predictor:
                                      hint_layers=0).to(self.device)
         self.network.load_state_dict(state["state_dict"])
         self.network.eval()
-        self.step_size, self.tile_batch_size, self.memory_budget = step_size, tile_batch_size, memory_budget
+        self.step_size = step_size
         self.mirror_axes = tuple(self.configuration.mirror_axes) if use_mirroring else None
-        self.precision, self.network_dtype = precision, compute_dtype(self.device, precision)
-        self._forward_bytes: int | None = None
+        self.precision = precision
+        self.planner = TileBatchPlanner(self._network_output, self.num_channels, self.configuration.patch_size,
+                                        self.num_classes, self.device, compute_dtype(self.device, precision),
+                                        memory_budget, tile_batch_size)
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         check_channel_count(image, self.num_channels, name)
@@ -76,31 +76,6 @@ class Predictor:
 
     def _network_output(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)["out"]
-
-    def estimate_memory(self, data_shape: tuple[int, ...], properties: dict, with_probabilities: bool = False
-                        ) -> WindowMemory:
-        """Bytes the prediction of a preprocessed ``(C, ...)`` volume will allocate (fixed + per tile in a pass)."""
-        patch = tuple(self.configuration.patch_size)
-        if self._forward_bytes is None:  # one tile's forward pass, measured once
-            self._forward_bytes = tile_forward_bytes(self._network_output, self.num_channels, patch, self.device,
-                                                     self.network_dtype)
-        return window_memory(data_shape, patch, self.num_classes, self.network_dtype, self._forward_bytes,
-                             export_bytes(self.num_classes, properties, with_probabilities))
-
-    def plan_tile_batch(self, memory: WindowMemory) -> int:
-        """Tiles per forward pass: the most that fit the memory budget, up to ``tile_batch_size`` or the device's
-        limit; 1 (with a warning) when even one tile's estimate exceeds the budget."""
-        budget = self.memory_budget if self.memory_budget is not None else available_memory(self.device)
-        limit = self.tile_batch_size or max_tile_batch(self.device)
-        batch = choose_tile_batch(memory, budget, limit)
-        if budget is not None and memory.peak(batch) > budget:
-            print(f"WARNING: the prediction needs about {memory.peak(1) / 2**30:.1f} GiB with one tile per pass, "
-                  f"more than the {budget / 2**30:.1f} GiB available; trying anyway", file=sys.stderr)
-        elif self.tile_batch_size and batch < self.tile_batch_size:
-            print(f"-tile_batch_size {self.tile_batch_size} would need about "
-                  f"{memory.peak(self.tile_batch_size) / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB "
-                  f"available: {batch} tile(s) per pass", file=sys.stderr)
-        return batch
 
     def predict_logits(self, data: np.ndarray, tile_batch_size: int) -> torch.Tensor:
         """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume (float16 under reduced precision)."""
@@ -124,7 +99,8 @@ class Predictor:
         """Segment a ``(C, Z, Y, X)`` image; the result has the image's own grid."""
         self.check_channels(image, "input")
         data, properties = self.preprocess(image, geometry)
-        tile_batch_size = self.plan_tile_batch(self.estimate_memory(data.shape, properties, with_probabilities))
+        memory = self.planner.estimate(data.shape, export_bytes(self.num_classes, properties, with_probabilities))
+        tile_batch_size = self.planner.tile_batch(memory)
         logits = self.predict_logits(data, tile_batch_size)
         del data
         return export_prediction(logits, properties, with_probabilities)

@@ -3,6 +3,7 @@ geometry."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +29,17 @@ def check_channel_count(image: np.ndarray, expected: int, name: str) -> None:
                        f"(files <case>_0000 ... _{expected - 1:04d})")
 
 
+@dataclass
+class StudentCase:
+    """One case between the steps of ``Predictor``: preprocessed (``prepare``), then predicted (``run``)."""
+
+    properties: dict
+    with_probabilities: bool
+    data: np.ndarray | None = None
+    tile_batch_size: int = 1
+    logits: torch.Tensor | None = None
+
+
 class Predictor:
     """Load a trained student once, then segment arrays or files.
 
@@ -35,6 +47,9 @@ class Predictor:
 
         predictor = Predictor(RunFolder(path), device="cuda")
         segmentation, _ = predictor.predict_array(image, geometry)   # image (C, Z, Y, X), result in the same grid
+
+    ``predict_array`` is ``finish(run(prepare(...)))``: a folder run (``run_prediction``) prepares the next cases
+    and finishes the previous one in other threads while ``run`` (the network) works on the current one.
 
     ``precision`` ("auto", "float32", "bfloat16", "float16") picks the network's autocast dtype
     (``precision.compute_dtype``). ``tile_batch_size`` None takes the most tiles per forward pass whose estimated
@@ -94,13 +109,23 @@ class Predictor:
         write_label(segmentation, output_file, geometry)
         return segmentation
 
-    def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Segment a ``(C, Z, Y, X)`` image; the result has the image's own grid."""
+    def prepare(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False) -> StudentCase:
+        """Before the network: channel check, preprocessing, and the tiles per pass that fit the memory budget."""
         self.check_channels(image, "input")
         data, properties = self.preprocess(image, geometry)
         memory = self.planner.estimate(data.shape, export_bytes(self.num_classes, properties, with_probabilities))
-        tile_batch_size = self.planner.tile_batch(memory)
-        logits = self.predict_logits(data, tile_batch_size)
-        del data
-        return export_prediction(logits, properties, with_probabilities)
+        return StudentCase(properties, with_probabilities, data, self.planner.tile_batch(memory))
+
+    def run(self, case: StudentCase) -> StudentCase:
+        """The sliding window; the preprocessed volume is released."""
+        logits = self.predict_logits(case.data, case.tile_batch_size)
+        return StudentCase(case.properties, case.with_probabilities, logits=logits)
+
+    def finish(self, case: StudentCase) -> tuple[np.ndarray, np.ndarray | None]:
+        """The export to the input's grid: label map (and probabilities)."""
+        return export_prediction(case.logits, case.properties, case.with_probabilities)
+
+    def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segment a ``(C, Z, Y, X)`` image; the result has the image's own grid."""
+        return self.finish(self.run(self.prepare(image, geometry, with_probabilities)))

@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-m", dest="model_folder", required=True, help="trained model folder (<Trainer>__<plans>)")
     parser.add_argument("-raw", required=True, help="the raw dataset folder (imagesTs, labelsTs)")
-    parser.add_argument("-precision", choices=PRECISIONS[1:] + ("auto",), default="auto",
+    parser.add_argument("-precision", choices=PRECISIONS, default="auto",
                         help="the reduced precision to compare with float32 (default auto)")
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--disable_tta", action="store_true")

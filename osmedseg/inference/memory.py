@@ -39,21 +39,24 @@ class TensorMemoryTracker(TorchDispatchMode):
         self._live: dict[int, tuple[StorageWeakRef, int]] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {storage._cdata for storage in _storages((args, kwargs))}
         out = func(*args, **(kwargs or {}))
         self._release_freed()
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor):
-                storage = tensor.untyped_storage()
-                key = storage._cdata
-                if key not in self._live:
-                    self._live[key] = (StorageWeakRef(storage), storage.nbytes())
-                    self.current += storage.nbytes()
+        for storage in _storages(out):
+            key = storage._cdata
+            if key not in self._live and key not in inputs:  # an in-place result on an older tensor is not new
+                self._live[key] = (StorageWeakRef(storage), storage.nbytes())
+                self.current += storage.nbytes()
         self.peak = max(self.peak, self.current)
         return out
 
     def _release_freed(self) -> None:
         for key in [k for k, (ref, _) in self._live.items() if ref.expired()]:
             self.current -= self._live.pop(key)[1]
+
+
+def _storages(tree) -> list[torch.UntypedStorage]:
+    return [leaf.untyped_storage() for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
 
 
 def tile_forward_bytes(network_fn: Callable[[torch.Tensor], torch.Tensor], in_channels: int,

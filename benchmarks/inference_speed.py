@@ -135,7 +135,8 @@ def build_network(method: str, args: argparse.Namespace) -> tuple[torch.nn.Modul
     if method == "osm-student":
         from osmedseg.networks import build_network as build_osm_network
 
-        return build_osm_network(STUDENT_ARCH, 1, args.classes, "student", hint_layers=0), None
+        arch = {**STUDENT_ARCH, "features_per_stage": list(args.student_features)}
+        return build_osm_network(arch, 1, args.classes, "student", hint_layers=0), None
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     plans = nnunet_plans(args.patch)
@@ -249,6 +250,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, help="volume size Z Y X (overrides the case)")
     parser.add_argument("--patch", type=int, nargs=3, help="patch size Z Y X of nnU-Net's network (overrides)")
     parser.add_argument("--student-patch", type=int, nargs=3, help="patch of osmedseg's student (default: --patch)")
+    parser.add_argument("--student-features", type=int, nargs=5, default=STUDENT_ARCH["features_per_stage"],
+                        help="features per stage of osmedseg's student (default 16 32 64 128 256), to time a variant")
     parser.add_argument("--tta", choices=("off", "on", "both"), default="both", help="mirroring TTA (default both)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--classes", type=int, default=36)
@@ -280,7 +283,8 @@ def main() -> None:
             sys.exit(0)
     load_before = os.getloadavg()[0]
     original_shape, _ = original_grid(args)
-    print(f"volume {args.shape} at 1 mm, patch {args.patch} (student {args.student_patch}), step {args.step_size}, "
+    print(f"volume {args.shape} at 1 mm, patch {args.patch} (student {args.student_patch}, features "
+          f"{list(args.student_features)}), step {args.step_size}, "
           f"Gaussian, {args.classes} classes, device {args.device}, torch threads "
           f"{args.threads or torch.get_num_threads()}, osmedseg tile batch {args.tile_batch_size or 'auto'}, "
           f"precision {args.precision} ({str(compute_dtype(args.device, args.precision)).replace('torch.', '')}); "

@@ -154,7 +154,26 @@ def original_grid(args: argparse.Namespace) -> tuple[list[int], float]:
 
 
 def rss_mib() -> float:
+    """Peak resident memory of this process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field))
+    except (OSError, StopIteration):
+        return None
+
+
+def start_peak_window() -> tuple[float, bool]:
+    """Resident MiB now, and whether the peak could be reset to it (Linux), so that the next peak is the timed part's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return rss_mib(), False
+    return _status_mib("VmRSS:"), True
 
 
 def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
@@ -168,11 +187,11 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     image = torch.randn((1, *args.shape), generator=torch.Generator().manual_seed(1))
     shape, spacing = original_grid(args)
     bbox = [[0, s] for s in shape]
-    with torch.inference_mode():
-        network(torch.zeros(1, 1, *patch, device=device))  # warm-up, the same for every row
     tile_batch_size, estimate = 1, None
 
     if method == "nnunet":
+        with torch.inference_mode():
+            network(torch.zeros(1, 1, *patch, device=device))  # warm-up, in nnU-Net's precision
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -208,7 +227,7 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
         network_fn = (lambda x: network(x)["out"]) if method == "osm-student" else (lambda x: network(x))
         planner = TileBatchPlanner(network_fn, 1, patch, args.classes, device, compute_dtype(device, args.precision),
                                    limit=args.tile_batch_size)
-        memory = planner.estimate(image.shape, export_bytes(args.classes, properties))  # one tile, like the warm-up
+        memory = planner.estimate(image.shape, export_bytes(args.classes, properties))  # the warm-up: one tile
         tile_batch_size = planner.tile_batch(memory)
 
         def sliding_window():
@@ -224,7 +243,8 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before = rss_mib()
+    peak_before = rss_mib()
+    before, reset = start_peak_window()
     start = time.perf_counter()
     logits = sliding_window()
     voxels = np.random.default_rng(2).integers(0, args.shape, size=(SAMPLED_VOXELS, 3)).T
@@ -234,8 +254,9 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     middle = time.perf_counter()
     segmentation = np.asarray(export(logits))
     end = time.perf_counter()
-    return {"sliding": middle - start, "export": end - middle, "total": end - start, "peak": rss_mib(),
-            "before": before, "cuda_peak": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    peak_timed = _status_mib("VmHWM:") if reset else rss_mib()
+    return {"sliding": middle - start, "export": end - middle, "total": end - start,
+            "peak": max(peak_before, peak_timed), "rise": peak_timed - before, "cuda_peak": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
             "parameters": sum(p.numel() for p in network.parameters()), "patch": tuple(patch),
             "tile_batch": tile_batch_size, "estimate": estimate,
             "segmentation": segmentation.astype(np.uint8 if args.classes < 256 else np.int16), "logits": sampled}
@@ -321,7 +342,7 @@ def main() -> None:
             cuda = f"  {r['cuda_peak']:13.0f}" if r["cuda_peak"] is not None else ""
             estimate = f"{r['estimate']:8.0f}" if r["estimate"] is not None else f"{'-':>8s}"
             print(f"{network:17s} {predictor:16s} {'on' if tta else 'off':3s} {r['sliding']:9.2f} {r['export']:9.2f} "
-                  f"{r['total']:8.2f} {r['peak']:12.0f} {r['peak'] - r['before']:6.0f} {estimate} "
+                  f"{r['total']:8.2f} {r['peak']:12.0f} {r['rise']:6.0f} {estimate} "
                   f"{r['tile_batch']:5d} {speedup:>8s} {agree:>11s}{cuda}", flush=True)
             if reference and method in GOALS:
                 summary.append((tta, method, reference["total"] / r["total"]))
@@ -333,8 +354,9 @@ def main() -> None:
         parameters = {METHODS[m][0]: results[m]["parameters"] for m in methods}
         print("parameters: " + ", ".join(f"{name} {count / 1e6:.1f} M" for name, count in parameters.items()))
     best = f"fastest of {args.repeats} runs per row; " if args.repeats > 1 else ""
-    print(f"\n{best}peak RSS: ru_maxrss of the row's own process (imports, network, volume, warm-up included); "
-          "+MiB: rise during the timed prediction and export; estimate: osmedseg's estimate of that rise, made "
+    print(f"\n{best}peak RSS: the row's own process (imports, network, volume, warm-up included); +MiB: the peak "
+          "during the timed prediction and export over the resident memory at its start (Linux: VmHWM reset through "
+          "/proc/self/clear_refs; elsewhere the rise of ru_maxrss); estimate: osmedseg's estimate of that rise, made "
           "before it (tiles: the tiles per pass it chose). speed-up: nnU-Net's total seconds / the row's. "
           f"Load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.")
     for tta, method, ratio in summary:

@@ -23,6 +23,7 @@ from osmedseg.inference.precision import accumulation_dtype, autocast
 MAX_TILE_BATCH = {"cpu": 2, "cuda": 8}  # more tiles per pass buy little on a CPU and cost a tile's activations each
 OTHER_DEVICES_MAX_TILE_BATCH = 4
 HEAP_MARGIN = 1.3  # resident memory beyond the live tensors: allocator slack, convolution scratch space
+KERNEL_CACHE_BYTES = 32 * 2**20  # convolution primitives created for a new batch size, and their scratch space
 INPUT_BYTES = 4  # the network input is float32
 
 
@@ -76,8 +77,8 @@ class WindowMemory:
     per_tile: int
 
     def peak(self, tile_batch_size: int) -> int:
-        """The resident memory to expect: the tensors' bytes and the heap's margin."""
-        return int((self.fixed + tile_batch_size * self.per_tile) * HEAP_MARGIN)
+        """The resident memory to expect: the tensors' bytes, the heap's margin and the kernels' caches."""
+        return int((self.fixed + tile_batch_size * self.per_tile) * HEAP_MARGIN) + KERNEL_CACHE_BYTES
 
 
 def window_memory(image_shape: Sequence[int], patch: Sequence[int], num_classes: int, network_dtype: torch.dtype,

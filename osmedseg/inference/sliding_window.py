@@ -86,6 +86,12 @@ def _zeros(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> to
         return torch.zeros(tuple(shape), dtype=dtype)
 
 
+def _largest_magnitude(x: torch.Tensor) -> float:
+    """max |x| without a copy of ``x``."""
+    low, high = torch.aminmax(x)
+    return max(-float(low), float(high))
+
+
 class _TileFraction:
     """A tile's share of each voxel's weighted mean: its weight over the sum of all tiles' weights there, per flip.
 
@@ -156,7 +162,7 @@ def predict_sliding_window(
                     f"expected {num_classes} channels at the patch size"
                 )
             del batch
-            if logits.dtype == torch.float16 and prediction.abs().amax() > FLOAT16_SAFE_LOGIT:
+            if logits.dtype == torch.float16 and _largest_magnitude(prediction) > FLOAT16_SAFE_LOGIT:
                 with torch.inference_mode(False):  # float16 would overflow
                     logits = logits.float()
             prediction = prediction.to(device=logits.device, dtype=logits.dtype)

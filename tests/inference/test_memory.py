@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from osmedseg.inference.export import export_bytes, export_prediction
-from osmedseg.inference.memory import (HEAP_MARGIN, TensorMemoryTracker, WindowMemory, choose_tile_batch, tile_forward_bytes,
-                                       window_memory)
+from osmedseg.inference.memory import (HEAP_MARGIN, KERNEL_CACHE_BYTES, TensorMemoryTracker, WindowMemory,
+                                       choose_tile_batch, tile_forward_bytes, window_memory)
 from osmedseg.inference.precision import compute_dtype
 from osmedseg.inference.sliding_window import predict_sliding_window
 from osmedseg.io import Geometry
@@ -59,11 +59,12 @@ def test_estimate_bounds_the_tracked_peak_of_window_and_export(precision, tile_b
         logits = predict_sliding_window(network_fn, image, PATCH, 6, tile_batch_size=tile_batch_size,
                                         mirror_axes=(0, 1), precision=precision)
         export_prediction(logits, properties)
-    assert tracker.peak <= estimate.peak(tile_batch_size) <= 2.5 * tracker.peak
+    assert tracker.peak <= estimate.peak(tile_batch_size) - KERNEL_CACHE_BYTES <= 2.5 * tracker.peak
 
 
 def test_estimate_bounds_the_measured_peak_rss():
-    """In a fresh process: the rise of the peak resident memory over the prediction stays below the estimate."""
+    """In a fresh process: the rise of the peak resident memory over the prediction (with mirroring) stays below the
+    estimate."""
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux's /proc to reset and read the peak resident memory")
     script = textwrap.dedent("""
@@ -89,7 +90,7 @@ def test_estimate_bounds_the_measured_peak_rss():
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # peak RSS := current RSS
         before = rss("VmRSS:")
-        logits = predict_sliding_window(network_fn, image, patch, 12, tile_batch_size=2, mirror_axes=None)
+        logits = predict_sliding_window(network_fn, image, patch, 12, tile_batch_size=2, mirror_axes=(0, 1))
         export_prediction(logits, properties)
         print(json.dumps({"rise": rss("VmHWM:") - before, "estimate": estimate}))
     """)
@@ -98,15 +99,19 @@ def test_estimate_bounds_the_measured_peak_rss():
                             cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout.splitlines()[-1])
-    assert 0 < measured["rise"] <= measured["estimate"]
+    assert measured["rise"] <= measured["estimate"] <= 2 * measured["rise"]
 
 
 def test_tile_batch_is_the_most_that_fits_the_budget():
     memory = WindowMemory(fixed=100, per_tile=10)
-    assert memory.peak(3) == 130 * HEAP_MARGIN
-    assert choose_tile_batch(memory, budget=135 * HEAP_MARGIN, limit=8) == 3
-    assert choose_tile_batch(memory, budget=135 * HEAP_MARGIN, limit=2) == 2  # the device's (or the user's) limit
-    assert choose_tile_batch(memory, budget=105 * HEAP_MARGIN, limit=8) == 1  # does not fit: one tile, never zero
+
+    def budget(tensor_bytes: int) -> int:
+        return int(tensor_bytes * HEAP_MARGIN) + KERNEL_CACHE_BYTES
+
+    assert memory.peak(3) == budget(130)
+    assert choose_tile_batch(memory, budget=budget(135), limit=8) == 3
+    assert choose_tile_batch(memory, budget=budget(135), limit=2) == 2  # the device's (or the user's) limit
+    assert choose_tile_batch(memory, budget=budget(105), limit=8) == 1  # does not fit: one tile, never zero
     assert choose_tile_batch(memory, budget=None, limit=4) == 4  # unknown free memory
 
 

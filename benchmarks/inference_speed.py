@@ -167,7 +167,7 @@ def _status_mib(field: str) -> float | None:
 
 
 def start_peak_window() -> tuple[float, bool]:
-    """Resident MiB now, and whether the peak could be reset to it (Linux), so that the next peak is the timed part's."""
+    """Resident MiB now, and whether the peak was reset to it (Linux): then the next peak is the timed part's."""
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
@@ -256,7 +256,8 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     end = time.perf_counter()
     peak_timed = _status_mib("VmHWM:") if reset else rss_mib()
     return {"sliding": middle - start, "export": end - middle, "total": end - start,
-            "peak": max(peak_before, peak_timed), "rise": peak_timed - before, "cuda_peak": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+            "peak": max(peak_before, peak_timed), "rise": peak_timed - before,
+            "cuda_peak": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
             "parameters": sum(p.numel() for p in network.parameters()), "patch": tuple(patch),
             "tile_batch": tile_batch_size, "estimate": estimate,
             "segmentation": segmentation.astype(np.uint8 if args.classes < 256 else np.int16), "logits": sampled}

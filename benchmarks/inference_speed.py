@@ -7,7 +7,9 @@ Three rows per TTA setting, each timed end to end (Gaussian sliding window with 
    with_correct_shape``) running nnU-Net's default 3d_fullres network: ``PlainConvUNet`` as nnU-Net's planner
    builds it for the patch (32..320 features, 2 convs per stage, strides from nnU-Net's own
    ``get_pool_and_conv_props``, instance norm, LeakyReLU, He init, deep supervision off), random weights, seed 0;
-2. osmedseg's ``predict_sliding_window`` + ``Predictor.export`` on the very same network module and patch;
+2. osmedseg's ``predict_sliding_window`` + ``export_prediction`` on the very same network module and patch, with
+   ``osm_predict``'s defaults: reduced precision where the hardware has it (``--precision``) and the tiles per
+   pass chosen from the memory estimate (``--tile-batch-size`` caps them);
 3. osmedseg's default student (features 16..256, 5 stages) on the same volume, with the same patch by default
    (``--student-patch`` to change it; the patch needs to be a multiple of 16).
 
@@ -52,6 +54,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
+
+from osmedseg.inference.precision import compute_dtype
 
 QUICK = {"shape": (64, 80, 64), "patch": (48, 64, 48)}
 FULL = {"shape": (160, 192, 224), "patch": (112, 128, 128)}
@@ -131,7 +135,8 @@ def build_network(method: str, args: argparse.Namespace) -> tuple[torch.nn.Modul
     if method == "osm-student":
         from osmedseg.networks import build_network as build_osm_network
 
-        return build_osm_network(STUDENT_ARCH, 1, args.classes, "student", hint_layers=0), None
+        arch = {**STUDENT_ARCH, "features_per_stage": list(args.student_features)}
+        return build_osm_network(arch, 1, args.classes, "student", hint_layers=0), None
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     plans = nnunet_plans(args.patch)
@@ -149,7 +154,26 @@ def original_grid(args: argparse.Namespace) -> tuple[list[int], float]:
 
 
 def rss_mib() -> float:
+    """Peak resident memory of this process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field))
+    except (OSError, StopIteration):
+        return None
+
+
+def start_peak_window() -> tuple[float, bool]:
+    """Resident MiB now, and whether the peak was reset to it (Linux): then the next peak is the timed part's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return rss_mib(), False
+    return _status_mib("VmRSS:"), True
 
 
 def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
@@ -163,10 +187,11 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     image = torch.randn((1, *args.shape), generator=torch.Generator().manual_seed(1))
     shape, spacing = original_grid(args)
     bbox = [[0, s] for s in shape]
-    with torch.inference_mode():
-        network(torch.zeros(1, 1, *patch, device=device))  # warm-up, the same for every row
+    tile_batch_size, estimate = 1, None
 
     if method == "nnunet":
+        with torch.inference_mode():
+            network(torch.zeros(1, 1, *patch, device=device))  # warm-up, in nnU-Net's precision
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -190,40 +215,51 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
                 logits, plans_manager, configuration, predictor.label_manager, properties,
                 num_threads_torch=torch.get_num_threads())
     else:
-        from osmedseg.inference.predictor import Predictor
+        from osmedseg.inference.export import export_bytes, export_prediction
+        from osmedseg.inference.memory import TileBatchPlanner
+        from osmedseg.inference.precision import compute_dtype
         from osmedseg.inference.sliding_window import predict_sliding_window
         from osmedseg.io import Geometry
 
-        exporter = object.__new__(Predictor)  # export() uses no model state; skip loading a run folder
         properties = {"geometry": Geometry.identity((spacing,) * 3).to_dict(), "shape_before_cropping": shape,
                       "bbox_used_for_cropping": bbox, "shape_after_cropping": shape,
                       "spacing_after_resampling": [1.0, 1.0, 1.0], "shape_after_resampling": list(args.shape)}
         network_fn = (lambda x: network(x)["out"]) if method == "osm-student" else (lambda x: network(x))
+        planner = TileBatchPlanner(network_fn, 1, patch, args.classes, device, compute_dtype(device, args.precision),
+                                   limit=args.tile_batch_size)
+        memory = planner.estimate(image.shape, export_bytes(args.classes, properties))  # the warm-up: one tile
+        tile_batch_size = planner.tile_batch(memory)
 
         def sliding_window():
             return predict_sliding_window(network_fn, image, patch, args.classes, step_size=args.step_size,
-                                          tile_batch_size=args.tile_batch_size, use_gaussian=True,
-                                          mirror_axes=(0, 1, 2) if tta else None, device=device)
+                                          tile_batch_size=tile_batch_size, use_gaussian=True,
+                                          mirror_axes=(0, 1, 2) if tta else None, device=device,
+                                          precision=args.precision)
 
         def export(logits):
-            return exporter.export(logits, properties)[0]
+            return export_prediction(logits, properties)[0]
 
+        estimate = memory.peak(tile_batch_size) / 2**20
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before = rss_mib()
+    peak_before = rss_mib()
+    before, reset = start_peak_window()
     start = time.perf_counter()
     logits = sliding_window()
+    voxels = np.random.default_rng(2).integers(0, args.shape, size=(SAMPLED_VOXELS, 3)).T
+    sampled = logits[(slice(None), *map(torch.from_numpy, voxels))].float().cpu().numpy()  # before an in-place export
     if device.type == "cuda":
         torch.cuda.synchronize()
     middle = time.perf_counter()
     segmentation = np.asarray(export(logits))
     end = time.perf_counter()
-    voxels = np.random.default_rng(2).integers(0, args.shape, size=(SAMPLED_VOXELS, 3)).T
-    sampled = logits[(slice(None), *map(torch.from_numpy, voxels))].float().cpu().numpy()
-    return {"sliding": middle - start, "export": end - middle, "total": end - start, "peak": rss_mib(),
-            "before": before, "cuda_peak": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    peak_timed = _status_mib("VmHWM:") if reset else rss_mib()
+    return {"sliding": middle - start, "export": end - middle, "total": end - start,
+            "peak": max(peak_before, peak_timed), "rise": peak_timed - before,
+            "cuda_peak": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
             "parameters": sum(p.numel() for p in network.parameters()), "patch": tuple(patch),
+            "tile_batch": tile_batch_size, "estimate": estimate,
             "segmentation": segmentation.astype(np.uint8 if args.classes < 256 else np.int16), "logits": sampled}
 
 
@@ -236,11 +272,18 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, help="volume size Z Y X (overrides the case)")
     parser.add_argument("--patch", type=int, nargs=3, help="patch size Z Y X of nnU-Net's network (overrides)")
     parser.add_argument("--student-patch", type=int, nargs=3, help="patch of osmedseg's student (default: --patch)")
+    parser.add_argument("--student-features", type=int, nargs=5, default=STUDENT_ARCH["features_per_stage"],
+                        help="features per stage of osmedseg's student (default 16 32 64 128 256), to time a variant")
     parser.add_argument("--tta", choices=("off", "on", "both"), default="both", help="mirroring TTA (default both)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--classes", type=int, default=36)
     parser.add_argument("--step-size", type=float, default=0.5)
-    parser.add_argument("--tile-batch-size", type=int, default=4, help="osmedseg's tiles per forward pass")
+    parser.add_argument("--tile-batch-size", type=int, default=None,
+                        help="osmedseg's most tiles per forward pass (default: what the memory budget allows, up to "
+                             "2 on CPU and 8 on CUDA, as osm_predict)")
+    parser.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="osmedseg's network precision (default auto: bfloat16 on CPUs that have it, float16 on "
+                             "CUDA, else float32); nnU-Net runs float32 on CPU and float16 autocast on CUDA")
     parser.add_argument("--original-spacing", type=float, default=1.0,
                         help="spacing (mm) of the original grid the export goes back to; 1.0: no resampling")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -262,9 +305,12 @@ def main() -> None:
             sys.exit(0)
     load_before = os.getloadavg()[0]
     original_shape, _ = original_grid(args)
-    print(f"volume {args.shape} at 1 mm, patch {args.patch} (student {args.student_patch}), step {args.step_size}, "
+    print(f"volume {args.shape} at 1 mm, patch {args.patch} (student {args.student_patch}, features "
+          f"{list(args.student_features)}), step {args.step_size}, "
           f"Gaussian, {args.classes} classes, device {args.device}, torch threads "
-          f"{args.threads or torch.get_num_threads()}, osmedseg tile batch {args.tile_batch_size}; export to "
+          f"{args.threads or torch.get_num_threads()}, osmedseg tile batch {args.tile_batch_size or 'auto'}, "
+          f"precision {args.precision} ({str(compute_dtype(args.device, args.precision)).replace('torch.', '')}); "
+          "export to "
           f"{tuple(original_shape)} at {args.original_spacing} mm")
     if any(m != "osm-student" for m in methods):
         arch = nnunet_plans(args.patch)["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
@@ -273,7 +319,8 @@ def main() -> None:
     if args.full:
         print(REFERENCE)
     header = (f"{'network':17s} {'predictor':16s} {'TTA':3s} {'window s':>9s} {'export s':>9s} {'total s':>8s} "
-              f"{'peak RSS MiB':>12s} {'+MiB':>6s} {'speed-up':>8s} {'same labels':>11s}")
+              f"{'peak RSS MiB':>12s} {'+MiB':>6s} {'estimate':>8s} {'tiles':>5s} {'speed-up':>8s} "
+              f"{'same labels':>11s}")
     context = multiprocessing.get_context("spawn")
     summary = []
     for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
@@ -294,9 +341,10 @@ def main() -> None:
                 f"{np.mean(reference['segmentation'] == r['segmentation']):11.5f}"
             network, predictor = METHODS[method]
             cuda = f"  {r['cuda_peak']:13.0f}" if r["cuda_peak"] is not None else ""
+            estimate = f"{r['estimate']:8.0f}" if r["estimate"] is not None else f"{'-':>8s}"
             print(f"{network:17s} {predictor:16s} {'on' if tta else 'off':3s} {r['sliding']:9.2f} {r['export']:9.2f} "
-                  f"{r['total']:8.2f} {r['peak']:12.0f} {r['peak'] - r['before']:6.0f} {speedup:>8s} {agree:>11s}"
-                  f"{cuda}", flush=True)
+                  f"{r['total']:8.2f} {r['peak']:12.0f} {r['rise']:6.0f} {estimate} "
+                  f"{r['tile_batch']:5d} {speedup:>8s} {agree:>11s}{cuda}", flush=True)
             if reference and method in GOALS:
                 summary.append((tta, method, reference["total"] / r["total"]))
         if "nnunet" in results and "osm-same-net" in results:
@@ -307,8 +355,10 @@ def main() -> None:
         parameters = {METHODS[m][0]: results[m]["parameters"] for m in methods}
         print("parameters: " + ", ".join(f"{name} {count / 1e6:.1f} M" for name, count in parameters.items()))
     best = f"fastest of {args.repeats} runs per row; " if args.repeats > 1 else ""
-    print(f"\n{best}peak RSS: ru_maxrss of the row's own process (imports, network, volume, warm-up included); "
-          "+MiB: rise during the timed prediction and export. speed-up: nnU-Net's total seconds / the row's. "
+    print(f"\n{best}peak RSS: the row's own process (imports, network, volume, warm-up included); +MiB: the peak "
+          "during the timed prediction and export over the resident memory at its start (Linux: VmHWM reset through "
+          "/proc/self/clear_refs; elsewhere the rise of ru_maxrss); estimate: osmedseg's estimate of that rise, made "
+          "before it (tiles: the tiles per pass it chose). speed-up: nnU-Net's total seconds / the row's. "
           f"Load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.")
     for tta, method, ratio in summary:
         goal = GOALS[method]

@@ -73,7 +73,8 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> tuple[float, fl
     start = time.perf_counter()
     if method == "batched":
         predict_sliding_window(network_fn, image, args.patch, args.classes, tile_batch_size=args.tile_batch_size,
-                               mirror_axes=mirror_axes, device=device)
+                               mirror_axes=mirror_axes, device=device,
+                               precision="float16" if device.type == "cuda" else "float32")  # as the baseline
     else:
         one_tile_per_pass(network_fn, image, args.patch, args.classes, mirror_axes, device)
     if device.type == "cuda":

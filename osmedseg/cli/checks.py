@@ -64,8 +64,8 @@ RULES: dict[str, dict[str, Rule]] = {
                   "-lambda_kd": AT_LEAST_0, "-lambda_con": AT_LEAST_0, "-rec_alpha": AT_LEAST_0,
                   "-kl_beta": AT_LEAST_0, "-switch_probability": UNIT, "-switch_max_boxes": AT_LEAST_1,
                   "-seed": SEED},
-    "osm_predict": {"-step_size": FRACTION, "-tile_batch_size": AT_LEAST_1, "-num_parts": AT_LEAST_1,
-                    "-part_id": AT_LEAST_0, "-npp": AT_LEAST_1, "-nps": AT_LEAST_1, "-seed": SEED},
+    "osm_predict": {"-step_size": FRACTION, "-tile_batch_size": AT_LEAST_1, "-memory_budget_gb": POSITIVE,
+                    "-num_parts": AT_LEAST_1, "-part_id": AT_LEAST_0, "-npp": AT_LEAST_1, "-nps": AT_LEAST_1, "-seed": SEED},
     "osm_evaluate": {"-l": AT_LEAST_0, "-np": AT_LEAST_0},
     "osm_overlay": {},
 }

@@ -8,6 +8,7 @@ from osmedseg.cli.checks import parse_checked
 from osmedseg.cli.common import add_folder_args, add_pbar_arg, add_seed_arg, cli_entry
 from osmedseg.cli.preflight import check_prediction
 from osmedseg.errors import OsmError
+from osmedseg.inference.precision import PRECISIONS
 from osmedseg.inference.predictor import Predictor
 from osmedseg.inference.registration_predictor import RegistrationPredictor
 from osmedseg.inference.run_prediction import predict_folder
@@ -35,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "student_best.pth)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
     parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
-    parser.add_argument("-tile_batch_size", type=int, default=4, help="tiles per forward pass (default 4)")
+    parser.add_argument("-tile_batch_size", type=int, default=None,
+                        help="most tiles per forward pass (default: as many as the memory budget allows, up to 2 on "
+                             "CPU and 8 on CUDA); lowered when its estimated memory would not fit")
+    parser.add_argument("-memory_budget_gb", type=float, default=None,
+                        help="memory (GB) the prediction may use; sets the tiles per pass (default: what is available)")
+    parser.add_argument("-precision", choices=PRECISIONS, default="auto",
+                        help="network precision: auto (bfloat16 on CPUs with native bfloat16, float16 on CUDA, "
+                             "else float32; default), or force one, e.g. float32")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (array jobs)")
     parser.add_argument("-part_id", type=int, default=0, help="which part this process predicts (0-based)")
@@ -67,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         raise OsmError("--save_probabilities is only available for -method student")
     check_prediction(args, run)
     if args.method == "student":
+        budget = int(args.memory_budget_gb * 1e9) if args.memory_budget_gb is not None else None
         predictor = Predictor(run, args.checkpoint, args.device, args.step_size, args.tile_batch_size,
-                              not args.disable_tta)
+                              not args.disable_tta, args.precision, budget)
     else:
         predictor = RegistrationPredictor(run, args.method == "registration", args.device, args.seed)
     dataset_json = run.load_json(DATASET_JSON)

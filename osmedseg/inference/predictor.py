@@ -3,6 +3,7 @@ geometry."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,8 +12,10 @@ from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, write_label
 from osmedseg.networks.unet import build_network
 from osmedseg.planning.plans import PLANS_FILE, Plans
-from osmedseg.preprocessing.segmentation_preprocessor import (preprocess_image, revert_probabilities,
-                                                              revert_segmentation)
+from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
+from osmedseg.inference.export import export_bytes, export_prediction
+from osmedseg.inference.memory import TileBatchPlanner
+from osmedseg.inference.precision import compute_dtype
 from osmedseg.inference.sliding_window import predict_sliding_window
 from osmedseg.run_folder import DATASET_JSON, RunFolder
 from osmedseg.utilities.device import resolve_device
@@ -26,17 +29,37 @@ def check_channel_count(image: np.ndarray, expected: int, name: str) -> None:
                        f"(files <case>_0000 ... _{expected - 1:04d})")
 
 
+@dataclass
+class StudentCase:
+    """One case between the steps of ``Predictor``: preprocessed (``prepare``), then predicted (``run``)."""
+
+    properties: dict
+    with_probabilities: bool
+    data: np.ndarray | None = None
+    tile_batch_size: int = 1
+    logits: torch.Tensor | None = None
+
+
 class Predictor:
     """Load a trained student once, then segment arrays or files.
 
     Example::
 
         predictor = Predictor(RunFolder(path), device="cuda")
-        segmentation = predictor.predict_array(image, geometry)   # image (C, Z, Y, X), result in the same grid
+        segmentation, _ = predictor.predict_array(image, geometry)   # image (C, Z, Y, X), result in the same grid
+
+    ``predict_array`` is ``finish(run(prepare(...)))``: a folder run (``run_prediction``) prepares the next cases
+    and finishes the previous one in other threads while ``run`` (the network) works on the current one.
+
+    ``precision`` ("auto", "float32", "bfloat16", "float16") picks the network's autocast dtype
+    (``precision.compute_dtype``). ``tile_batch_size`` None takes the most tiles per forward pass whose estimated
+    peak fits ``memory_budget`` bytes (default: the device's available memory), at most ``memory.MAX_TILE_BATCH``;
+    a given number is an upper limit that is lowered, with a notice, when its estimate would not fit.
     """
 
     def __init__(self, run: RunFolder, checkpoint: str = "student_final.pth", device: str = "cpu",
-                 step_size: float = 0.5, tile_batch_size: int = 4, use_mirroring: bool = True):
+                 step_size: float = 0.5, tile_batch_size: int | None = None, use_mirroring: bool = True,
+                 precision: str = "auto", memory_budget: int | None = None):
         self.plans = Plans.load(run.file(PLANS_FILE))
         self.dataset_json = run.load_json(DATASET_JSON)
         self.configuration = self.plans.segmentation
@@ -51,8 +74,12 @@ class Predictor:
                                      hint_layers=0).to(self.device)
         self.network.load_state_dict(state["state_dict"])
         self.network.eval()
-        self.step_size, self.tile_batch_size = step_size, tile_batch_size
+        self.step_size = step_size
         self.mirror_axes = tuple(self.configuration.mirror_axes) if use_mirroring else None
+        self.precision = precision
+        self.planner = TileBatchPlanner(self._network_output, self.num_channels, self.configuration.patch_size,
+                                        self.num_classes, self.device, compute_dtype(self.device, precision),
+                                        memory_budget, tile_batch_size)
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         check_channel_count(image, self.num_channels, name)
@@ -62,21 +89,17 @@ class Predictor:
         data, _, properties = preprocess_image(image, geometry, self.configuration, self.plans.intensity_properties)
         return data, properties
 
-    def predict_logits(self, data: np.ndarray) -> torch.Tensor:
-        """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume."""
-        return predict_sliding_window(lambda x: self.network(x)["out"], torch.from_numpy(data),
-                                      self.configuration.patch_size, self.num_classes, self.step_size,
-                                      self.tile_batch_size, mirror_axes=self.mirror_axes, device=self.device)
+    def _network_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)["out"]
 
-    def export(self, logits: torch.Tensor, properties: dict, with_probabilities: bool = False
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Label map (and probabilities) in the original grid. Probabilities are resampled only when asked for or
-        when the spacing changed; otherwise the argmax is taken in the preprocessed grid and un-cropped."""
-        resampled = list(logits.shape[1:]) != list(properties["shape_after_cropping"])
-        if not (with_probabilities or resampled):
-            return revert_segmentation(logits.argmax(0).cpu().numpy().astype(np.int16), properties), None
-        probabilities = revert_probabilities(torch.softmax(logits, 0).cpu().numpy(), properties)
-        return probabilities.argmax(0).astype(np.int16), probabilities if with_probabilities else None
+    def predict_logits(self, data: np.ndarray, tile_batch_size: int) -> torch.Tensor:
+        """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume (float16 under reduced precision)."""
+        image = torch.from_numpy(data)
+        if self.device.type == "cuda":
+            image = image.pin_memory()
+        return predict_sliding_window(self._network_output, image, self.configuration.patch_size, self.num_classes,
+                                      self.step_size, tile_batch_size, mirror_axes=self.mirror_axes,
+                                      device=self.device, precision=self.precision)
 
     def predict_file(self, image_files: list[str], output_file: str) -> np.ndarray:
         """Segment one case from its channel files and write the label map (atomically) in the input's geometry."""
@@ -86,9 +109,23 @@ class Predictor:
         write_label(segmentation, output_file, geometry)
         return segmentation
 
+    def prepare(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False) -> StudentCase:
+        """Before the network: channel check, preprocessing, and the tiles per pass that fit the memory budget."""
+        self.check_channels(image, "input")
+        data, properties = self.preprocess(image, geometry)
+        memory = self.planner.estimate(data.shape, export_bytes(self.num_classes, properties, with_probabilities))
+        return StudentCase(properties, with_probabilities, data, self.planner.tile_batch(memory))
+
+    def run(self, case: StudentCase) -> StudentCase:
+        """The sliding window; the preprocessed volume is released."""
+        logits = self.predict_logits(case.data, case.tile_batch_size)
+        return StudentCase(case.properties, case.with_probabilities, logits=logits)
+
+    def finish(self, case: StudentCase) -> tuple[np.ndarray, np.ndarray | None]:
+        """The export to the input's grid: label map (and probabilities)."""
+        return export_prediction(case.logits, case.properties, case.with_probabilities)
+
     def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment a ``(C, Z, Y, X)`` image; the result has the image's own grid."""
-        self.check_channels(image, "input")
-        data, properties = self.preprocess(image, geometry)
-        return self.export(self.predict_logits(data), properties, with_probabilities)
+        return self.finish(self.run(self.prepare(image, geometry, with_probabilities)))

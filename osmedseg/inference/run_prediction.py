@@ -1,10 +1,16 @@
-"""Predicting a folder of images: part splitting for array jobs, resume, worker threads, atomic outputs."""
+"""Predicting a folder of images: part splitting for array jobs, resume, worker threads, atomic outputs.
+
+Each case goes through three steps: ``prepare`` (read, check, preprocess) in reader threads, ``run`` (the network)
+in the main thread, and ``finish`` (export) with the write in writer threads. So while the network works on one case,
+the next ones are read and preprocessed and the previous one is exported and written; at most one finished case
+waits for its export while the next runs, which bounds the memory to two cases' outputs.
+"""
 from __future__ import annotations
 
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -18,8 +24,11 @@ from osmedseg.utilities.atomic import remove_stale_temporaries, save_npz_atomic
 class CasePredictor(Protocol):
     def check_channels(self, image: np.ndarray, name: str) -> None: ...
 
-    def predict_array(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False
-                      ) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def prepare(self, image: np.ndarray, geometry: Geometry, with_probabilities: bool = False) -> Any: ...
+
+    def run(self, prepared: Any) -> Any: ...
+
+    def finish(self, ran: Any) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 def select_cases(input_folder: str, file_ending: str, num_channels: int, num_parts: int = 1, part_id: int = 0
@@ -36,14 +45,15 @@ def select_cases(input_folder: str, file_ending: str, num_channels: int, num_par
     return {case_id: cases[case_id] for case_id in ids}
 
 
-def _read(files: list[str], predictor: CasePredictor) -> tuple[np.ndarray, Geometry]:
+def _prepare(files: list[str], predictor: CasePredictor, with_probabilities: bool) -> tuple[Any, Geometry]:
     image, geometry = read_image(files)
     predictor.check_channels(image, files[0])
-    return image, geometry
+    return predictor.prepare(image, geometry, with_probabilities), geometry
 
 
-def _write(segmentation: np.ndarray, probabilities: np.ndarray | None, geometry: Geometry, output_file: str,
-           probabilities_file: str) -> None:
+def _finish(predictor: CasePredictor, ran: Any, geometry: Geometry, output_file: str, probabilities_file: str
+            ) -> None:
+    segmentation, probabilities = predictor.finish(ran)
     if probabilities is not None:
         save_npz_atomic(probabilities_file, probabilities=probabilities.astype(np.float16))
     write_label(segmentation, output_file, geometry)
@@ -62,19 +72,27 @@ def predict_folder(predictor: CasePredictor, input_folder: str, output_folder: s
     if len(todo) < len(cases):
         print(f"{len(cases) - len(todo)} case(s) already predicted, skipped (--continue_prediction)")
     with ThreadPoolExecutor(max(1, num_readers)) as readers, ThreadPoolExecutor(max(1, num_writers)) as writers:
-        pending_reads = {c: readers.submit(_read, cases[c], predictor) for c in todo[: num_readers + 1]}
+        def prepare(case_id: str) -> Future:
+            return readers.submit(_prepare, cases[case_id], predictor, save_probabilities)
+
+        pending = {c: prepare(c) for c in todo[: num_readers + 1]}
         writes: list[Future] = []
         for index, case_id in enumerate(tqdm(todo, desc="predict", disable=disable_pbar)):
             nxt = index + num_readers + 1
             if nxt < len(todo):
-                pending_reads[todo[nxt]] = readers.submit(_read, cases[todo[nxt]], predictor)
-            for future in [f for f in writes if f.done()]:
+                pending[todo[nxt]] = prepare(todo[nxt])
+            for future in writes[:-1]:  # one export may overlap this case, not more
                 future.result()  # a failed write (e.g. a full disk) stops the run before the next case
+            writes = writes[-1:]
+            if writes and writes[0].done():
+                writes.pop().result()
             start = time.time()
-            image, geometry = pending_reads.pop(case_id).result()
-            segmentation, probabilities = predictor.predict_array(image, geometry, save_probabilities)
-            writes.append(writers.submit(_write, segmentation, probabilities, geometry, outputs[case_id],
+            prepared, geometry = pending.pop(case_id).result()
+            ran = predictor.run(prepared)
+            del prepared
+            writes.append(writers.submit(_finish, predictor, ran, geometry, outputs[case_id],
                                          os.path.join(output_folder, f"{case_id}.npz")))
+            del ran
             tqdm.write(f"{case_id}: {time.time() - start:.1f} s")
         for future in writes:
             future.result()

@@ -2,11 +2,11 @@
 
 Follows nnU-Net's tiling (pad to at least the patch, `ceil((size - patch) / (step * patch)) + 1` evenly spaced tiles
 per axis, Gaussian importance map with sigma = patch / 8, all flip combinations for TTA) but runs `tile_batch_size`
-network inputs per forward pass, mixing tiles and their flipped copies, and accumulates in float32.
+network inputs per forward pass, mixing tiles and their flipped copies. A float32 network accumulates in float32; a
+reduced-precision one (bfloat16 on CPUs that have it, float16 on CUDA) accumulates in float16, half the memory.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -17,8 +17,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from osmedseg.inference.precision import accumulation_dtype, autocast, compute_dtype
+
 NetworkFn = Callable[[torch.Tensor], torch.Tensor]
 Tile = tuple[slice, ...]
+FLOAT16_SAFE_LOGIT = float(torch.finfo(torch.float16).max) / 2
 
 
 def compute_tile_starts(size: int, patch: int, step_size: float) -> list[int]:
@@ -73,14 +76,37 @@ def _pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tens
     return F.pad(image, pad), crop
 
 
-def _zeros(shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    """A float32 buffer on `device`, or in host memory when the accelerator is out of memory."""
+def _zeros(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer on `device`, or in host memory when the accelerator is out of memory."""
     try:
-        return torch.zeros(tuple(shape), dtype=torch.float32, device=device)
+        return torch.zeros(tuple(shape), dtype=dtype, device=device)
     except torch.OutOfMemoryError:
         if device.type == "cpu":
             raise
-        return torch.zeros(tuple(shape), dtype=torch.float32)
+        return torch.zeros(tuple(shape), dtype=dtype)
+
+
+def _largest_magnitude(x: torch.Tensor) -> float:
+    """max |x| without a copy of ``x``."""
+    low, high = torch.aminmax(x)
+    return max(-float(low), float(high))
+
+
+class _TileFraction:
+    """A tile's share of each voxel's weighted mean: its weight over the sum of all tiles' weights there, per flip.
+
+    Adding ``logits * share`` builds the mean directly: no division at the end, and in float16 no weight x logit
+    product underflows where all Gaussian weights are tiny (the volume's corners), since the shares sum to 1.
+    """
+
+    def __init__(self, weight: torch.Tensor, weight_sum: torch.Tensor, flips: int) -> None:
+        self.weight, self.weight_sum, self.flips = weight, weight_sum, flips
+        self.last: tuple[Tile, torch.Tensor] | None = None
+
+    def __call__(self, tile: Tile, dtype: torch.dtype) -> torch.Tensor:
+        if self.last is None or self.last[0] != tile or self.last[1].dtype != dtype:  # jobs come tile by tile
+            self.last = tile, (self.weight / self.weight_sum[tile] / self.flips).to(dtype)
+        return self.last[1]
 
 
 def predict_sliding_window(
@@ -95,13 +121,15 @@ def predict_sliding_window(
     device: torch.device | str | None = None,
     progress: bool = False,
     return_probabilities: bool = False,
+    precision: str = "auto",
 ) -> torch.Tensor:
-    """Predict a whole (C, Z, Y, X) image tile by tile; returns float32 (K, Z, Y, X) logits (or softmax probabilities).
+    """Predict a whole (C, Z, Y, X) image tile by tile; returns (K, Z, Y, X) logits (or softmax probabilities).
 
     `network_fn` maps a (B, C, *patch) batch to (B, K, *patch) logits; put the model in eval mode and unwrap dict
     outputs in it (e.g. `lambda x: model(x)["out"]`). `mirror_axes` are spatial axes (0 = Z) whose flip combinations
-    are averaged (None or () for no TTA). The result lives on `device` (default: the image's), or on the CPU if the
-    accumulation buffers did not fit there.
+    are averaged (None or () for no TTA). `precision` (`precision.PRECISIONS`) picks the network's autocast dtype;
+    the result is float32 with a float32 network and float16 otherwise. It lives on `device` (default: the
+    image's), or on the CPU if the accumulation buffers did not fit there.
     """
     image = torch.as_tensor(image)
     patch = tuple(int(p) for p in patch_size)
@@ -110,32 +138,36 @@ def predict_sliding_window(
     if not 0 < step_size <= 1 or tile_batch_size < 1:
         raise ValueError(f"need 0 < step_size <= 1 and tile_batch_size >= 1, got {step_size}, {tile_batch_size}")
     device = torch.device(device) if device is not None else image.device
+    network_dtype = compute_dtype(device, precision)
     flips = _flips(mirror_axes, len(patch))
     padded, crop = _pad_to_patch(image.to(device=device, dtype=torch.float32), patch)
     tiles = _tiles(padded.shape[1:], patch, step_size)
-    logits = _zeros((num_classes, *padded.shape[1:]), device)
-    weight_sum = _zeros(padded.shape[1:], logits.device)
-    if use_gaussian:
-        weight = gaussian_importance_map(patch, device=logits.device)
-    else:
-        weight = torch.ones(patch, device=logits.device)
-    tile_weight = weight / len(flips)
+    logits = _zeros((num_classes, *padded.shape[1:]), device, accumulation_dtype(network_dtype))
+    weight = (gaussian_importance_map(patch, device=logits.device) if use_gaussian
+              else torch.ones(patch, device=logits.device))
+    weight_sum = _zeros(padded.shape[1:], logits.device, torch.float32)
     for tile in tiles:
         weight_sum[tile] += weight
     jobs = [(tile, flip) for tile in tiles for flip in flips]
-    autocast = torch.autocast(device.type) if device.type == "cuda" else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    fraction = _TileFraction(weight, weight_sum, len(flips))
+    with torch.inference_mode():
         for first in tqdm(range(0, len(jobs), tile_batch_size), disable=not progress, desc="sliding window"):
             chunk = jobs[first : first + tile_batch_size]
             batch = torch.stack([_flip(padded[(slice(None), *tile)], flip) for tile, flip in chunk])
-            prediction = network_fn(batch)
+            with autocast(device, network_dtype):
+                prediction = network_fn(batch)
             if prediction.shape != (len(chunk), num_classes, *patch):
                 raise ValueError(
                     f"network_fn returned {tuple(prediction.shape)} for a {tuple(batch.shape)} batch; "
                     f"expected {num_classes} channels at the patch size"
                 )
-            prediction = prediction.to(device=logits.device, dtype=torch.float32)
+            del batch
+            if logits.dtype == torch.float16 and _largest_magnitude(prediction) > FLOAT16_SAFE_LOGIT:
+                with torch.inference_mode(False):  # float16 would overflow
+                    logits = logits.float()
+            prediction = prediction.to(device=logits.device, dtype=logits.dtype)
             for (tile, flip), tile_logits in zip(chunk, prediction):
-                logits[(slice(None), *tile)] += _flip(tile_logits, flip) * tile_weight
-    logits = logits.div_(weight_sum)[(slice(None), *crop)]
+                logits[(slice(None), *tile)].addcmul_(_flip(tile_logits, flip), fraction(tile, logits.dtype))
+            del prediction
+    logits = logits[(slice(None), *crop)]
     return torch.softmax(logits, dim=0) if return_probabilities else logits

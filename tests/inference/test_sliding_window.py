@@ -44,17 +44,18 @@ def test_matches_the_whole_volume_pass_and_keeps_the_shape(shape):
     net, image = _pointwise_net(), _image(shape)
     with torch.no_grad():
         expected = net(image[None])[0]
-    result = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None)
+    result = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None, precision="float32")
     assert result.shape == (3, *shape[1:]) and result.dtype == torch.float32
     torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
-    probabilities = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None, return_probabilities=True)
+    probabilities = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None, return_probabilities=True,
+                                           precision="float32")
     torch.testing.assert_close(probabilities, torch.softmax(expected, 0), atol=1e-5, rtol=1e-5)
 
 
 def test_mirroring_with_a_mirror_equivariant_network_changes_nothing():
     net, image = _pointwise_net(), _image()
-    plain = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None)
-    mirrored = predict_sliding_window(net, image, PATCH, 3, mirror_axes=(0, 1, 2))
+    plain = predict_sliding_window(net, image, PATCH, 3, mirror_axes=None, precision="float32")
+    mirrored = predict_sliding_window(net, image, PATCH, 3, mirror_axes=(0, 1, 2), precision="float32")
     torch.testing.assert_close(mirrored, plain, atol=1e-5, rtol=1e-5)
 
 
@@ -68,15 +69,16 @@ def test_mirroring_averages_all_flip_combinations():
         out[:, :, 0, 0, 0] = 1.0  # not mirror-equivariant: each flip puts the marker in another corner
         return out
 
-    result = predict_sliding_window(first_voxel_marker, image, PATCH, 1, mirror_axes=(1, 2), tile_batch_size=3)
+    result = predict_sliding_window(first_voxel_marker, image, PATCH, 1, mirror_axes=(1, 2), tile_batch_size=3,
+                                    precision="float32")
     assert calls == [3, 1]  # 4 flips of the single tile, batched 3 + 1
     assert result[0, 0, 0, 0] == result[0, 0, -1, 0] == result[0, 0, 0, -1] == result[0, 0, -1, -1] == 0.25
 
 
 def test_tile_batch_size_does_not_change_the_result():
     net, image = _pointwise_net(), _image()
-    one = predict_sliding_window(net, image, PATCH, 3, tile_batch_size=1, mirror_axes=(0,))
-    four = predict_sliding_window(net, image, PATCH, 3, tile_batch_size=4, mirror_axes=(0,))
+    one = predict_sliding_window(net, image, PATCH, 3, tile_batch_size=1, mirror_axes=(0,), precision="float32")
+    four = predict_sliding_window(net, image, PATCH, 3, tile_batch_size=4, mirror_axes=(0,), precision="float32")
     torch.testing.assert_close(one, four, atol=1e-6, rtol=1e-6)
 
 
@@ -92,3 +94,24 @@ def test_runs_a_student_unet_through_a_wrapper():
     student = StudentUNet(1, 4, {"features_per_stage": [4, 8, 16]}).eval()
     result = predict_sliding_window(lambda x: student(x)["out"], _image((1, 9, 19, 12)), (8, 8, 8), 4, mirror_axes=(2,))
     assert result.shape == (4, 9, 19, 12) and torch.isfinite(result).all()
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_reduced_precision_accumulates_in_float16_close_to_float32(precision):
+    """Gaussian weights fall to 4e-11 at the patch corners: floored, the volume's corners stay finite and close."""
+    net, image = _pointwise_net(), _image()
+    exact = predict_sliding_window(net, image, PATCH, 3, mirror_axes=(0,), precision="float32")
+    reduced = predict_sliding_window(net, image, PATCH, 3, mirror_axes=(0,), precision=precision)
+    assert reduced.dtype == torch.float16 and torch.isfinite(reduced).all()
+    torch.testing.assert_close(reduced.float(), exact, atol=0.02, rtol=0.02)
+
+
+def test_logits_too_large_for_float16_switch_the_sums_to_float32():
+    image = _image((1, 13, 17, 11))
+
+    def huge(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat([batch, -batch], dim=1) * 1e5  # sums of these overflow float16 (max 65504)
+
+    result = predict_sliding_window(huge, image, PATCH, 2, mirror_axes=None, precision="bfloat16")
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, torch.cat([image, -image]) * 1e5, rtol=1e-2, atol=1.0)

@@ -1,0 +1,47 @@
+"""Medical slices and natural images as SAM expects them: 3-channel, 0..255, normalised with SAM's pixel statistics.
+
+A medical slice has one intensity channel on any scale; it is mapped to 0..255 between its 0.5th and 99.5th
+percentiles (clipped), repeated to 3 channels, then normalised like an RGB image. SAM's teacher input is the image
+resized so that its longer side is the teacher's input size and zero-padded (after normalisation) at the bottom and
+right to a square.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from osmedseg.networks.sam_encoder import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.005, 0.995
+
+
+def normalize_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB on 0..255 to SAM's normalised input."""
+    mean = images.new_tensor(SAM_PIXEL_MEAN)[:, None, None]
+    std = images.new_tensor(SAM_PIXEL_STD)[:, None, None]
+    return (images - mean) / std
+
+
+def slices_to_sam(slices: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) intensities to (B, 3, H, W) normalised SAM input, each slice scaled between its percentiles."""
+    flat = slices.flatten(1).float()
+    bounds = torch.quantile(flat, flat.new_tensor([LOW_PERCENTILE, HIGH_PERCENTILE]), dim=1)  # (2, B)
+    low, high = bounds[0][:, None, None, None], bounds[1][:, None, None, None]
+    scaled = (slices.float().clamp(low, high) - low) / (high - low).clamp_min(1e-6) * 255.0
+    return normalize_rgb(scaled.expand(-1, 3, -1, -1))
+
+
+def teacher_input(images: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Normalised (B, 3, H, W) images resized (longer side ``size``) and zero-padded to (B, 3, size, size); also the
+    resized height and width (the valid region)."""
+    height, width = images.shape[-2:]
+    scale = size / max(height, width)
+    resized_h, resized_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = F.interpolate(images, size=(resized_h, resized_w), mode="bilinear", align_corners=False, antialias=True)
+    return F.pad(resized, (0, size - resized_w, 0, size - resized_h)), (resized_h, resized_w)
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """Zero-pad (normalised) images at the bottom and right so that height and width are multiples of ``multiple``."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, -width % multiple, 0, -height % multiple))

@@ -115,7 +115,8 @@ class Block(nn.Module):
         self.attention = Attention(config.width, config.heads, window_size or config.grid)
         self.norm_mlp = nn.LayerNorm(config.width, eps=1e-6)
         hidden = int(config.width * config.mlp_ratio)
-        self.mlp = nn.ModuleDict({"expand": nn.Linear(config.width, hidden), "contract": nn.Linear(hidden, config.width)})
+        self.mlp = nn.ModuleDict({"expand": nn.Linear(config.width, hidden),
+                                  "contract": nn.Linear(hidden, config.width)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attended = self.norm_attention(x)

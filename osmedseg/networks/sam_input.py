@@ -22,21 +22,34 @@ def normalize_rgb(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def slices_to_sam(slices: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) intensities to (B, 3, H, W) normalised SAM input, each slice scaled between its percentiles."""
+def scale_slices(slices: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) intensities to 0..255, each slice between its 0.5th and 99.5th percentiles (clipped)."""
     flat = slices.flatten(1).float()
     bounds = torch.quantile(flat, flat.new_tensor([LOW_PERCENTILE, HIGH_PERCENTILE]), dim=1)  # (2, B)
     low, high = bounds[0][:, None, None, None], bounds[1][:, None, None, None]
-    scaled = (slices.float().clamp(low, high) - low) / (high - low).clamp_min(1e-6) * 255.0
+    return (slices.float().clamp(low, high) - low) / (high - low).clamp_min(1e-6) * 255.0
+
+
+def gray_to_sam(scaled: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) on 0..255 repeated to 3 channels and normalised."""
     return normalize_rgb(scaled.expand(-1, 3, -1, -1))
+
+
+def slices_to_sam(slices: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) intensities to (B, 3, H, W) normalised SAM input (``scale_slices``, then ``gray_to_sam``)."""
+    return gray_to_sam(scale_slices(slices))
+
+
+def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """Height and width after resizing the longer side to ``size`` (the aspect ratio kept)."""
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def teacher_input(images: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Normalised (B, 3, H, W) images resized (longer side ``size``) and zero-padded to (B, 3, size, size); also the
     resized height and width (the valid region)."""
-    height, width = images.shape[-2:]
-    scale = size / max(height, width)
-    resized_h, resized_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized_h, resized_w = resized_size(*images.shape[-2:], size)
     resized = F.interpolate(images, size=(resized_h, resized_w), mode="bilinear", align_corners=False, antialias=True)
     return F.pad(resized, (0, size - resized_w, 0, size - resized_h)), (resized_h, resized_w)
 

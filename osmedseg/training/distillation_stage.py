@@ -89,14 +89,7 @@ class DistillationStage(StageTrainer):
         self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration.batch_size,
                                     self.options["oversample_foreground"], self.seed)
         self.transforms = training_transforms(self.patch_size, configuration.mirror_axes)
-        arch = configuration.architecture
-        # a shallow network (tiny data) has fewer decoder layers than hint layers asked for: use all it has
-        hint_layers = min(self.options["hint_layers"], len(arch["features_per_stage"]) - 1)
-        self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
-                                                hint_layers).to(self.device)
-        if self.uses_teacher:
-            self.modules["teacher"] = build_network(arch, self.channels, self.channels, "teacher",
-                                                    hint_layers).to(self.device)
+        self.build_networks()
         for name, module in self.modules.items():
             self.optimizers[name] = self._optimizer(module)
             self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
@@ -104,6 +97,17 @@ class DistillationStage(StageTrainer):
         self.segmentation_loss = DiceCELoss(ce_top_fraction=self.options["ce_top_fraction"])
         self.reconstruction_loss = ReconstructionLoss()
         self.hint_loss = HintLoss()
+
+    def build_networks(self) -> None:
+        """The student (and the teacher, with the hint) in ``self.modules``."""
+        arch = self.plans.segmentation.architecture
+        # a shallow network (tiny data) has fewer decoder layers than hint layers asked for: use all it has
+        hint_layers = min(self.options["hint_layers"], len(arch["features_per_stage"]) - 1)
+        self.modules["student"] = build_network(arch, self.channels, self.num_classes, "student",
+                                                hint_layers).to(self.device)
+        if self.uses_teacher:
+            self.modules["teacher"] = build_network(arch, self.channels, self.channels, "teacher",
+                                                    hint_layers).to(self.device)
 
     def _optimizer(self, module: torch.nn.Module) -> torch.optim.Optimizer:
         lr, wd = self.options["lr"], self.options["weight_decay"]
@@ -120,14 +124,20 @@ class DistillationStage(StageTrainer):
         for index in rng.choice(self.refreshable, count, replace=False):
             self.sampler.replace(int(index), _training_sample(self.synthesizer.sample(rng)), rng)
 
-    def train_step(self, rng: np.random.Generator) -> dict[str, float]:
+    def next_batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                            torch.Tensor | None]:
+        """One augmented batch: the student's input (each sample the synthesised or, with probability
+        ``real_fraction``, the real image), the real images, the labels and the pseudo-label weights."""
         batch = self.transforms(**self.sampler.sample(rng))
         data = torch.from_numpy(batch["data"]).to(self.device)
         target = torch.from_numpy(batch["seg"]).long().to(self.device)
         synthetic, real = data[:, :self.channels], data[:, self.channels:]
         use_real = rng.random(len(data)) < self.options["real_fraction"]
         synthetic = torch.where(torch.from_numpy(use_real).to(self.device)[:, None, None, None, None], real, synthetic)
-        weight = self.pseudo_label_weights(batch["seg"], use_real)
+        return synthetic, real, target, self.pseudo_label_weights(batch["seg"], use_real)
+
+    def train_step(self, rng: np.random.Generator) -> dict[str, float]:
+        synthetic, real, target, weight = self.next_batch(rng)
         with self.autocast():
             student = self.train_modules["student"](synthetic)
             seg_loss = self.segmentation_loss(student["out"], target, weight)
@@ -187,12 +197,15 @@ class DistillationStage(StageTrainer):
     def save_student(self, tag: str) -> str:
         """Write the student alone (weights + what inference needs) as ``student_<tag>.pth``."""
         path = self.run_folder.student(tag)
-        torch_save_atomic({"state_dict": self.modules["student"].state_dict(),
-                           "architecture": self.plans.segmentation.architecture,
+        torch_save_atomic({"state_dict": self.modules["student"].state_dict(), **self.student_description(),
                            "in_channels": self.channels, "num_classes": self.num_classes,
-                           "hint_layers": self.modules["student"].hint_layers, "trainer": self.options.get("method"),
-                           "epoch": self.epoch}, path)
+                           "trainer": self.options.get("method"), "epoch": self.epoch}, path)
         return path
+
+    def student_description(self) -> dict:
+        """What ``networks.saved.build_saved_network`` needs to rebuild the exported student."""
+        return {"network": "unet", "architecture": self.plans.segmentation.architecture,
+                "hint_layers": self.modules["student"].hint_layers}
 
 
 def check_options(options: dict) -> None:

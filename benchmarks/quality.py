@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -134,6 +135,9 @@ def main() -> None:
                         help="distillation epochs (50 iterations each; 0 = osm_train's default schedule)")
     parser.add_argument("--reg_lr", type=float, default=None, help="registration learning rate (default: osm_train's)")
     parser.add_argument("--extra_trainers", nargs="*", default=[], help="further trainers to add as rows")
+    parser.add_argument("--extra_train_args", default="",
+                        help="osm_train flags for the extra trainers, one string (e.g. \"--allow_random_sam "
+                             "--natural_images DIR -sam_input_size 256\" for RRLMedSAMTrainer)")
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--out", default=None, help="output folder (default <results>/<dataset>/quality_benchmark)")
     args = parser.parse_args()
@@ -158,8 +162,10 @@ def main() -> None:
     distill_budget = ["--epochs", str(args.distill_epochs)] if args.distill_epochs else []
     registration_seconds = run(["osm_train", *common, "-stage", "registration", *reg_budget, *lr])
     students = STUDENT_ROWS + tuple((t, t) for t in args.extra_trainers)
+    extra_args = shlex.split(args.extra_train_args)
     train_seconds = {trainer: run(["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
-                                   *distill_budget]) for _, trainer in students}
+                                   *distill_budget, *(extra_args if trainer in args.extra_trainers else [])])
+                     for _, trainer in students}
 
     copy_seconds = copy_atlas_label(raw, os.path.join(out, "copy"))
     rows = [row("copy the atlas label", evaluate(labels, os.path.join(out, "copy"), dataset_json), None,

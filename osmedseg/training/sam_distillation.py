@@ -41,14 +41,15 @@ PATCH = 16
 class SamDistillationStage(StageTrainer):
     """Shared loop: cache the teacher's embeddings, then regress them with the light encoder (masked MSE).
 
-    Options: ``sam_checkpoint``, ``allow_random_sam``, ``sam_input_size`` (SAM's 1024 by default; smaller sizes
+    Options: ``sam_checkpoint``, ``allow_random_sam``, ``natural_images`` (stage 1), ``kd_slices_per_volume``
+    (stage 2), ``sam_input_size`` (SAM's 1024 by default; smaller sizes
     interpolate the position tables), ``kd_batch_size``, ``kd_lr`` (AdamW, poly decay), ``teacher_batch_size``.
     """
 
     default_epochs = 20
     iterations_per_epoch = 50
-    defaults = {"sam_checkpoint": None, "allow_random_sam": False, "sam_input_size": 1024, "kd_batch_size": 8,
-                "kd_lr": 1e-3, "teacher_batch_size": 8}
+    defaults = {"sam_checkpoint": None, "allow_random_sam": False, "natural_images": None, "sam_input_size": 1024,
+                "kd_slices_per_volume": 0, "kd_batch_size": 8, "kd_lr": 1e-3, "teacher_batch_size": 8}
 
     def __init__(self, *args, caches: CaseCaches, **options):
         super().__init__(*args, **{**self.defaults, **{k: v for k, v in options.items() if v is not None}})
@@ -153,7 +154,7 @@ class NaturalImageDistillation(SamDistillationStage):
     stage_name = SAM_KD_NATURAL
 
     def item_names(self) -> list[str]:
-        folder = self.options.get("natural_images")
+        folder = self.options["natural_images"]
         self.files = {}
         for path in list_natural_images(folder):
             relative = os.path.relpath(path, folder)
@@ -188,7 +189,7 @@ class MedicalSliceDistillation(SamDistillationStage):
         self.slices: dict[str, torch.Tensor] = {}
         for case_id in list_cached_cases(self.caches.segmentation):
             volume = torch.from_numpy(read_case(self.caches.segmentation, case_id)[0][0])
-            for z in slice_indices(volume.shape[0], self.options.get("kd_slices_per_volume", 0)):
+            for z in slice_indices(volume.shape[0], self.options["kd_slices_per_volume"]):
                 scaled = scale_slices(volume[z][None, None].float())[0]
                 self.slices[f"{case_id}_z{z:04d}"] = scaled.to(torch.float16)
         if not self.slices:

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from osmedseg.errors import OsmError
-from osmedseg.run_folder import DISTILLATION, SAM_KD_MEDICAL, SAM_KD_NATURAL, RunFolder
+from osmedseg.run_folder import REGISTRATION, SAM_KD_MEDICAL, SAM_KD_NATURAL, RunFolder
 from osmedseg.training.losses.consistency import mutual_dice_consistency
 from osmedseg.training.rrl_medsam_stage import mutual_ema_
 from osmedseg.training.sam_distillation import list_natural_images, masked_mse, read_rgb, slice_indices
@@ -153,6 +153,20 @@ def test_trainer_refuses_a_random_sam_before_training_anything(rrl_data):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--allow_random_sam" in err
     assert not os.path.exists(rrl_data["results"]) or not any(
         files for _, _, files in os.walk(rrl_data["results"]))
+
+
+def test_a_foreign_checkpoint_stops_the_run_at_its_first_stage_in_one_line(rrl_data, tmp_path):
+    from osmedseg.cli.train import main as train_main
+
+    checkpoint = tmp_path / "sam_vit_l.pth"
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 1024)}, checkpoint)
+    code, out, err = run_cli(train_main, ["-d", "Demo", "-tr", "RRLMedSAMTrainer", "--sam_checkpoint", str(checkpoint),
+                                          "--natural_images", rrl_data["natural"], "--preprocessed",
+                                          rrl_data["preprocessed"], "--results", rrl_data["results"], "--no_pbar"])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "key image_encoder.pos_embed has shape (1, 64, 64, 1024), SAM ViT-B has (1, 64, 64, 768)" in err
+    run = RunFolder(os.path.join(rrl_data["results"], "Dataset000_Demo", "RRLMedSAMTrainer__osmPlans"))
+    assert not os.path.exists(run.stage(REGISTRATION))
 
 
 def test_sam_flags_are_refused_by_a_trainer_without_sam_stages(rrl_data):

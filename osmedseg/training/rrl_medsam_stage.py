@@ -35,6 +35,13 @@ def mutual_ema_(first: nn.Module, second: nn.Module, momentum: float) -> None:
         b.mul_(momentum).add_(old_a, alpha=1 - momentum)
 
 
+def require_one_channel(channels: int, method: str | None) -> None:
+    """One-line OsmError unless the dataset has one channel (SAM reads one intensity per slice)."""
+    if channels != 1:
+        raise OsmError(f"-tr {method}: SAM reads one intensity channel per slice; this dataset has {channels} "
+                       "channels")
+
+
 class RRLMedSAMStage(DistillationStage):
     """Options besides the distillation stage's: ``lambda_consistency``, ``ema_momentum``, ``ema_every``."""
 
@@ -42,9 +49,7 @@ class RRLMedSAMStage(DistillationStage):
                 "lr": 3e-4, "lambda_consistency": 1.0, "ema_momentum": 0.99, "ema_every": 1}
 
     def build_networks(self) -> None:
-        if self.channels != 1:
-            raise OsmError(f"-tr {self.options.get('method')}: SAM reads one intensity channel per slice; this "
-                           f"dataset has {self.channels} channels")
+        require_one_channel(self.channels, self.options.get("method"))
         network = RRLMedSAMNet(self.num_classes)
         encoder = load_light_encoder(self.run_folder.light_encoder(SAM_KD_MEDICAL), torch.device("cpu"))
         network.general_encoder.load_state_dict(encoder.state_dict())

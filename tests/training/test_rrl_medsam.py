@@ -14,7 +14,7 @@ from torch import nn
 from osmedseg.errors import OsmError
 from osmedseg.run_folder import REGISTRATION, SAM_KD_MEDICAL, SAM_KD_NATURAL, RunFolder
 from osmedseg.training.losses.consistency import mutual_dice_consistency
-from osmedseg.training.rrl_medsam_stage import mutual_ema_
+from osmedseg.training.rrl_medsam_stage import mutual_ema_, require_one_channel
 from osmedseg.training.sam_distillation import list_natural_images, masked_mse, read_rgb, slice_indices
 from osmedseg.training.sam_teacher import TeacherEmbeddings, check_teacher_options
 from tests.pipeline_fixture import run_cli
@@ -72,6 +72,12 @@ def test_slice_indices_are_evenly_spaced_or_all():
     assert slice_indices(10, 0) == list(range(10))
     assert slice_indices(10, 3) == [0, 4, 9] or slice_indices(10, 3) == [0, 5, 9]
     assert slice_indices(4, 8) == [0, 1, 2, 3]
+
+
+def test_multichannel_data_are_refused_in_one_line():
+    require_one_channel(1, "RRLMedSAMTrainer")
+    with pytest.raises(OsmError, match="-tr RRLMedSAMTrainer: SAM reads one intensity channel .* has 2 channels"):
+        require_one_channel(2, "RRLMedSAMTrainer")
 
 
 def test_random_teacher_is_refused_without_the_flag(tmp_path):

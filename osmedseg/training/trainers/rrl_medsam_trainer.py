@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 
-from osmedseg.errors import OsmError
 from osmedseg.run_folder import DISTILLATION, FINAL, REGISTRATION, SAM_KD_MEDICAL, SAM_KD_NATURAL
 from osmedseg.training.method_trainer import MethodTrainer
-from osmedseg.training.rrl_medsam_stage import RRLMedSAMStage
+from osmedseg.training.rrl_medsam_stage import RRLMedSAMStage, require_one_channel
 from osmedseg.training.sam_distillation import (MedicalSliceDistillation, NaturalImageDistillation,
-                                                list_natural_images)
+                                                SamDistillationStage, list_natural_images)
 from osmedseg.training.sam_teacher import check_teacher_options
 from osmedseg.training.stage_trainer import StageTrainer
 
@@ -31,7 +30,7 @@ class RRLMedSAMTrainer(MethodTrainer):
     stages = (SAM_KD_NATURAL, SAM_KD_MEDICAL, REGISTRATION, "synthesis", DISTILLATION)
     option_groups = (*MethodTrainer.option_groups, RRL_OPTIONS)
     distillation_stage = RRLMedSAMStage
-    sam_options: dict = {"sam_input_size": 1024, "kd_slices_per_volume": 0}
+    sam_options: dict = {}  # class-level overrides of the SAM stages' defaults (SamDistillationStage.defaults)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -47,17 +46,15 @@ class RRLMedSAMTrainer(MethodTrainer):
 
     def check_inputs(self, only_stage: str | None) -> None:
         """One-line errors before any stage runs: channels, the SAM teacher, the natural-image folder."""
-        if self.plans.num_channels != 1:
-            raise OsmError(f"-tr {type(self).__name__}: SAM reads one intensity channel per slice; this dataset has "
-                           f"{self.plans.num_channels} channels")
+        require_one_channel(self.plans.num_channels, type(self).__name__)
         pending = [name for name in SAM_STAGES if only_stage == name or (
             only_stage is None and not os.path.isfile(self.run_folder.checkpoint(name, FINAL)))]
-        options = self.options[RRL_OPTIONS]
+        options = {**SamDistillationStage.defaults, **self.options[RRL_OPTIONS]}
         if pending:
-            check_teacher_options(options.get("sam_checkpoint"), bool(options.get("allow_random_sam")),
+            check_teacher_options(options["sam_checkpoint"], bool(options["allow_random_sam"]),
                                   options["sam_input_size"])
         if SAM_KD_NATURAL in pending:
-            list_natural_images(options.get("natural_images"))
+            list_natural_images(options["natural_images"])
 
     def print_time_estimate(self, stages: list[str]) -> None:
         print(f"{type(self).__name__}: no up-front time estimate (documentation/training.md gives estimates per "

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from osmedseg.networks.sam_encoder import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.005, 0.995
+QUANTILE_LIMIT = 2 ** 24
 
 
 def normalize_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -25,7 +26,9 @@ def normalize_rgb(images: torch.Tensor) -> torch.Tensor:
 def scale_slices(slices: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) intensities to 0..255, each slice between its 0.5th and 99.5th percentiles (clipped)."""
     flat = slices.flatten(1).float()
-    bounds = torch.quantile(flat, flat.new_tensor([LOW_PERCENTILE, HIGH_PERCENTILE]), dim=1)  # (2, B)
+    levels = flat.new_tensor([LOW_PERCENTILE, HIGH_PERCENTILE])
+    rows = max(1, QUANTILE_LIMIT // flat.shape[1])  # torch.quantile takes at most 2^24 elements per call
+    bounds = torch.cat([torch.quantile(chunk, levels, dim=1) for chunk in flat.split(rows)], dim=1)  # (2, B)
     low, high = bounds[0][:, None, None, None], bounds[1][:, None, None, None]
     return (slices.float().clamp(low, high) - low) / (high - low).clamp_min(1e-6) * 255.0
 

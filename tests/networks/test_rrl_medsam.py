@@ -1,10 +1,13 @@
-"""RRL-MedSAM's networks: the lightweight encoder's size and output, the two-branch 3D network and its prompt path."""
+"""RRL-MedSAM's networks: the lightweight encoder's size and output, the two-branch 3D network and its prompt path,
+the mapping of slices to SAM's input."""
 from __future__ import annotations
 
 import torch
 
 from osmedseg.networks.light_encoder import LightImageEncoder
 from osmedseg.networks.rrl_medsam import RRLMedSAMNet
+from osmedseg.networks.sam_encoder import SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from osmedseg.networks.sam_input import scale_slices, slices_to_sam
 
 SAM_VIT_B_PARAMETERS = 89_670_912
 
@@ -46,3 +49,14 @@ def test_config_round_trip_rebuilds_the_same_network():
     volume = torch.randn(1, 1, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(volume)["out"], net(volume)["out"])
+
+
+def test_slice_mapping_uses_each_slices_percentiles_also_beyond_torchs_quantile_limit():
+    slices = torch.zeros(70, 1, 512, 512)  # 18 M voxels: more than torch.quantile takes in one call
+    slices[:, :, :256] = torch.arange(70.0)[:, None, None, None] + 1.0
+    scaled = scale_slices(slices)
+    assert scaled.shape == slices.shape and scaled.min() == 0 and scaled.max() == 255
+    assert torch.equal(scaled[5, 0, 0, 0], torch.tensor(255.0)) and torch.equal(scaled[5, 0, -1, 0], torch.tensor(0.0))
+    sam = slices_to_sam(slices[:2])
+    assert sam.shape == (2, 3, 512, 512)
+    assert torch.allclose(sam[0, :, 0, 0], (255 - torch.tensor(SAM_PIXEL_MEAN)) / torch.tensor(SAM_PIXEL_STD))

@@ -48,17 +48,30 @@ def test_mutual_ema_with_momentum_one_changes_nothing():
     assert (general.weight.item(), medical.weight.item()) == (1.0, 3.0)
 
 
+def confident(label: int, classes: int = 3) -> torch.Tensor:
+    logits = torch.full((1, classes, 4, 4, 4), -20.0)
+    logits[:, label] = 20.0
+    return logits
+
+
 def test_consistency_is_zero_for_agreeing_and_one_for_disjoint_branches_with_gradients_to_both():
-    first = torch.full((1, 2, 4, 4, 4), -20.0)
-    first[:, 1] = 20.0  # all foreground, confidently
-    agreeing = mutual_dice_consistency(first, first.clone())
-    assert agreeing.item() == pytest.approx(0.0, abs=1e-4)
-    disjoint = mutual_dice_consistency(first, -first)
-    assert disjoint.item() == pytest.approx(1.0, abs=1e-4)
+    assert mutual_dice_consistency(confident(1), confident(1)).item() == pytest.approx(0.0, abs=1e-4)
+    assert mutual_dice_consistency(confident(1), confident(2)).item() == pytest.approx(1.0, abs=1e-4)
+    # one branch predicts background only: only the other's structure counts, half of the term
+    assert mutual_dice_consistency(confident(1), confident(0)).item() == pytest.approx(0.5, abs=1e-4)
     a = torch.randn(1, 3, 4, 4, 4, requires_grad=True)
     b = torch.randn(1, 3, 4, 4, 4, requires_grad=True)
     mutual_dice_consistency(a, b).backward()
     assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+
+
+def test_consistency_does_not_push_a_class_neither_branch_predicts():
+    """Both branches give class 2 a small probability everywhere and predict class 1: class 2 gets no gradient up."""
+    logits = torch.zeros(1, 3, 4, 4, 4)
+    logits[:, 1] = 3.0
+    first = logits.clone().requires_grad_(True)
+    mutual_dice_consistency(first, logits.clone()).backward()
+    assert first.grad[:, 2].max() >= 0  # a gradient step lowers (never raises) class 2's logits
 
 
 def test_masked_mse_counts_only_the_masked_cells():

@@ -1,9 +1,9 @@
 """RRL-MedSAM's segmentation network (METHODS 6): a general and a medical branch, each a lightweight 2D encoder
 applied slice by slice and a 3D decoder; the medical decoder is the auto-prompting (AP) decoder.
 
-A (B, 1, D, H, W) volume is cut into its D axial slices (the first array axis), mapped to SAM's input
-(``sam_input.slices_to_sam``), zero-padded in-plane to multiples of 16 and encoded; the per-slice maps are stacked
-back along depth. A decoder upsamples in-plane only, (1, 2, 2) per level, from 1/16 through the encoder's skips at
+A (B, 1, D, H, W) volume is mapped to SAM's input and cut into its D axial slices (the first array axis;
+``sam_input.volumes_to_sam_slices``), zero-padded in-plane to multiples of 16 and encoded; the per-slice maps are
+stacked back along depth. A decoder upsamples in-plane only, (1, 2, 2) per level, from 1/16 through the encoder's skips at
 1/8, 1/4 and 1/2 to full resolution, with residual 3D units. The AP decoder also takes the general branch's soft mask
 (detached), average-pooled to each level's grid and concatenated to that level's input. Inference keeps both
 branches: the general one gives the prompt, the medical one the output.
@@ -16,7 +16,7 @@ from torch import nn
 
 from osmedseg.networks.blocks import ConvUnit, LayerSpec, ResidualUnit, conv
 from osmedseg.networks.light_encoder import EMBEDDING_CHANNELS, LIGHT_WIDTHS, LightImageEncoder
-from osmedseg.networks.sam_input import pad_to_multiple, slices_to_sam
+from osmedseg.networks.sam_input import pad_to_multiple, volumes_to_sam_slices
 
 DECODER_WIDTHS = (128, 64, 32, 16, 16)  # at 1/16, 1/8, 1/4, 1/2, 1/1 in-plane
 _SPEC = LayerSpec()  # instance norm, PReLU: the package's 3D units
@@ -88,7 +88,7 @@ class RRLMedSAMNet(nn.Module):
         if volume.dim() != 5 or volume.shape[1] != 1:
             raise ValueError(f"expected a (B, 1, D, H, W) volume, got {tuple(volume.shape)}")
         batch, _, depth, height, width = volume.shape
-        slices = pad_to_multiple(slices_to_sam(volume.transpose(1, 2).reshape(batch * depth, 1, height, width)))
+        slices = pad_to_multiple(volumes_to_sam_slices(volume))
         general = self.general_decoder(*_stacked(self.general_encoder(slices), batch, depth))
         if prompt is None:
             prompt = torch.softmax(general.float(), dim=1).to(general.dtype).detach()

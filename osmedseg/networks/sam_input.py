@@ -1,11 +1,14 @@
 """Medical slices and natural images as SAM expects them: 3-channel, 0..255, normalised with SAM's pixel statistics.
 
-A medical slice has one intensity channel on any scale; it is mapped to 0..255 between its 0.5th and 99.5th
-percentiles (clipped), repeated to 3 channels, then normalised like an RGB image. SAM's teacher input is the image
+A medical volume (or 3D patch) has one intensity channel on any scale; it is mapped to 0..255 between its own 0.5th
+and 99.5th percentiles (clipped; one mapping for all its slices, so that a structure keeps its grey level from slice
+to slice), and each slice is repeated to 3 channels and normalised like an RGB image. SAM's teacher input is the image
 resized so that its longer side is the teacher's input size and zero-padded (after normalisation) at the bottom and
 right to a square.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +26,17 @@ def normalize_rgb(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
-def scale_slices(slices: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) intensities to 0..255, each slice between its 0.5th and 99.5th percentiles (clipped)."""
-    flat = slices.flatten(1).float()
+def scale_to_255(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...) intensities to 0..255, each item between its 0.5th and 99.5th percentiles (clipped). Items of more
+    than 2^24 voxels (torch.quantile's limit) take their percentiles from an evenly strided subsample."""
+    flat = images.flatten(1).float()
+    flat = flat[:, ::math.ceil(flat.shape[1] / QUANTILE_LIMIT)]
     levels = flat.new_tensor([LOW_PERCENTILE, HIGH_PERCENTILE])
-    rows = max(1, QUANTILE_LIMIT // flat.shape[1])  # torch.quantile takes at most 2^24 elements per call
+    rows = max(1, QUANTILE_LIMIT // flat.shape[1])
     bounds = torch.cat([torch.quantile(chunk, levels, dim=1) for chunk in flat.split(rows)], dim=1)  # (2, B)
-    low, high = bounds[0][:, None, None, None], bounds[1][:, None, None, None]
-    return (slices.float().clamp(low, high) - low) / (high - low).clamp_min(1e-6) * 255.0
+    shape = (-1,) + (1,) * (images.dim() - 1)
+    low, high = bounds[0].reshape(shape), bounds[1].reshape(shape)
+    return (images.float().clamp(low, high) - low) / (high - low).clamp_min(1e-6) * 255.0
 
 
 def gray_to_sam(scaled: torch.Tensor) -> torch.Tensor:
@@ -38,9 +44,12 @@ def gray_to_sam(scaled: torch.Tensor) -> torch.Tensor:
     return normalize_rgb(scaled.expand(-1, 3, -1, -1))
 
 
-def slices_to_sam(slices: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) intensities to (B, 3, H, W) normalised SAM input (``scale_slices``, then ``gray_to_sam``)."""
-    return gray_to_sam(scale_slices(slices))
+def volumes_to_sam_slices(volumes: torch.Tensor) -> torch.Tensor:
+    """(B, 1, D, H, W) intensities to the (B * D, 3, H, W) normalised SAM input of their axial slices
+    (``scale_to_255`` per volume, then ``gray_to_sam``)."""
+    batch, _, depth, height, width = volumes.shape
+    scaled = scale_to_255(volumes).transpose(1, 2).reshape(batch * depth, 1, height, width)
+    return gray_to_sam(scaled)
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:

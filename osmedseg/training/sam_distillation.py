@@ -24,7 +24,7 @@ from PIL import Image
 
 from osmedseg.errors import OsmError
 from osmedseg.networks.light_encoder import EMBEDDING_CHANNELS, LightImageEncoder
-from osmedseg.networks.sam_input import (gray_to_sam, normalize_rgb, pad_to_multiple, resized_size, scale_slices,
+from osmedseg.networks.sam_input import (gray_to_sam, normalize_rgb, pad_to_multiple, resized_size, scale_to_255,
                                          teacher_input)
 from osmedseg.preprocessing.cache import list_cached_cases, read_case
 from osmedseg.run_folder import SAM_KD_MEDICAL, SAM_KD_NATURAL
@@ -181,17 +181,17 @@ def slice_indices(depth: int, count: int) -> list[int]:
 
 class MedicalSliceDistillation(SamDistillationStage):
     """Stage 2: from stage 1's encoder, on the axial slices of the atlas and the unlabeled volumes (the segmentation
-    cache's first channel, mapped to SAM's 0..255 scale per slice). Option ``kd_slices_per_volume`` (0 = all)."""
+    cache's first channel, mapped to SAM's 0..255 scale per volume). Option ``kd_slices_per_volume`` (0 = all)."""
 
     stage_name = SAM_KD_MEDICAL
 
     def item_names(self) -> list[str]:
         self.slices: dict[str, torch.Tensor] = {}
         for case_id in list_cached_cases(self.caches.segmentation):
-            volume = torch.from_numpy(read_case(self.caches.segmentation, case_id)[0][0])
-            for z in slice_indices(volume.shape[0], self.options["kd_slices_per_volume"]):
-                scaled = scale_slices(volume[z][None, None].float())[0]
-                self.slices[f"{case_id}_z{z:04d}"] = scaled.to(torch.float16)
+            volume = torch.from_numpy(read_case(self.caches.segmentation, case_id)[0][:1])
+            scaled = scale_to_255(volume[None])[0, 0].to(torch.float16)
+            for z in slice_indices(scaled.shape[0], self.options["kd_slices_per_volume"]):
+                self.slices[f"{case_id}_z{z:04d}"] = scaled[z][None]
         if not self.slices:
             raise OsmError(f"{self.caches.segmentation}: no preprocessed volumes; run osm_plan_and_preprocess first")
         self.grid = [max(math.ceil(s.shape[axis] / PATCH) for s in self.slices.values()) for axis in (1, 2)]

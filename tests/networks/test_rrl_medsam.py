@@ -7,7 +7,7 @@ import torch
 from osmedseg.networks.light_encoder import LightImageEncoder
 from osmedseg.networks.rrl_medsam import RRLMedSAMNet
 from osmedseg.networks.sam_encoder import SAM_PIXEL_MEAN, SAM_PIXEL_STD
-from osmedseg.networks.sam_input import scale_slices, slices_to_sam
+from osmedseg.networks.sam_input import scale_to_255, volumes_to_sam_slices
 
 SAM_VIT_B_PARAMETERS = 89_670_912
 
@@ -51,12 +51,17 @@ def test_config_round_trip_rebuilds_the_same_network():
         assert torch.equal(rebuilt.eval()(volume)["out"], net(volume)["out"])
 
 
-def test_slice_mapping_uses_each_slices_percentiles_also_beyond_torchs_quantile_limit():
-    slices = torch.zeros(70, 1, 512, 512)  # 18 M voxels: more than torch.quantile takes in one call
-    slices[:, :, :256] = torch.arange(70.0)[:, None, None, None] + 1.0
-    scaled = scale_slices(slices)
-    assert scaled.shape == slices.shape and scaled.min() == 0 and scaled.max() == 255
-    assert torch.equal(scaled[5, 0, 0, 0], torch.tensor(255.0)) and torch.equal(scaled[5, 0, -1, 0], torch.tensor(0.0))
-    sam = slices_to_sam(slices[:2])
-    assert sam.shape == (2, 3, 512, 512)
-    assert torch.allclose(sam[0, :, 0, 0], (255 - torch.tensor(SAM_PIXEL_MEAN)) / torch.tensor(SAM_PIXEL_STD))
+def test_intensity_mapping_is_per_volume_also_beyond_torchs_quantile_limit():
+    volumes = torch.zeros(2, 1, 35, 512, 512)  # 9 M voxels per volume, 18 M in all: beyond one torch.quantile call
+    volumes[0, :, :, :256] = torch.arange(35.0)[:, None, None] + 1.0  # slice z holds z + 1 in its upper half
+    volumes[1, :, :, :256] = 1000.0
+    scaled = scale_to_255(volumes)
+    assert scaled.shape == volumes.shape
+    assert scaled[0, 0, 34, 0, 0] == 255 and scaled[0, 0, :, -1].max() == 0  # one mapping for all slices
+    assert 100 < scaled[0, 0, 17, 0, 0] < 155  # a middle slice keeps a middle grey level
+    assert scaled[1].max() == 255
+    big = torch.arange(2.0 ** 24 + 10)[None, None]  # one item beyond the limit: percentiles from a subsample
+    assert scale_to_255(big).max() == 255
+    sam = volumes_to_sam_slices(volumes[:, :, :2])
+    assert sam.shape == (4, 3, 512, 512)
+    assert torch.allclose(sam[2, :, 0, 0], (255 - torch.tensor(SAM_PIXEL_MEAN)) / torch.tensor(SAM_PIXEL_STD))

@@ -43,10 +43,13 @@ def require_one_channel(channels: int, method: str | None) -> None:
 
 
 class RRLMedSAMStage(DistillationStage):
-    """Options besides the distillation stage's: ``lambda_consistency``, ``ema_momentum``, ``ema_every``."""
+    """Options besides the distillation stage's: ``lambda_consistency``, ``ema_momentum``, ``ema_every``. The
+    optimiser is the distillation stage's (SGD at 1e-2, poly): on the demo it reached a pseudo-Dice of 0.43 after 100
+    iterations, against 0.40 for Adam at 1e-3 and 0.23 for Adam at 3e-4 (METHODS 6's Bi-JROS setting is Adam at 1e-4
+    for 1500 epochs)."""
 
-    defaults = {**DistillationStage.defaults, "lambda_hint": 0.0, "real_fraction": 1.0, "optimizer": "adam",
-                "lr": 3e-4, "lambda_consistency": 1.0, "ema_momentum": 0.99, "ema_every": 1}
+    defaults = {**DistillationStage.defaults, "lambda_hint": 0.0, "real_fraction": 1.0, "lambda_consistency": 1.0,
+                "ema_momentum": 0.99, "ema_every": 1}
 
     def build_networks(self) -> None:
         require_one_channel(self.channels, self.options.get("method"))

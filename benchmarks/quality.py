@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -143,6 +144,9 @@ def main() -> None:
                         help="further trainers to add as rows, e.g. SIKDTrainer EFSMedSegTrainer (each trained stage "
                              "gets --distill_epochs; SIKD has two: teacher and student)")
     parser.add_argument("--no_demons", action="store_true", help="leave out the SimpleITK demons peer row")
+    parser.add_argument("--extra_train_args", default="",
+                        help="osm_train flags for the extra trainers, one string (e.g. \"--allow_random_sam "
+                             "--natural_images DIR -sam_input_size 256\" for RRLMedSAMTrainer)")
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--out", default=None, help="output folder (default <results>/<dataset>/quality_benchmark)")
     args = parser.parse_args()
@@ -168,8 +172,10 @@ def main() -> None:
     registration_seconds = run(["osm_train", *common, "-stage", "registration", *reg_budget, *lr])
     students = STUDENT_ROWS + tuple((f"{t} (re-implementation, approximate)" if t in APPROXIMATE else t, t)
                                     for t in args.extra_trainers)
+    extra_args = shlex.split(args.extra_train_args)
     train_seconds = {trainer: run(["osm_train", *common, "-tr", trainer, "-reuse_registration", "OSMedSegTrainer",
-                                   *distill_budget]) for _, trainer in students}
+                                   *distill_budget, *(extra_args if trainer in args.extra_trainers else [])])
+                     for _, trainer in students}
 
     copy_seconds = copy_atlas_label(raw, os.path.join(out, "copy"))
     rows = [row("copy the atlas label", evaluate(labels, os.path.join(out, "copy"), dataset_json), None,

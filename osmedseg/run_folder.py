@@ -7,6 +7,7 @@ A run folder is self-contained (prediction needs nothing else)::
     registration/synthesis/   <case>.npz + <case>.json: synthesised triplets in each case's segmentation frame
     teacher/        (SIKD only) checkpoint_{latest,final}.pth, config.json, log, progress.png: the frozen teacher
     distillation/   checkpoint_{latest,final}.pth, config.json, student_{best,final}.pth, log, progress.png
+    sam_kd_natural/, sam_kd_medical/   (RRLMedSAMTrainer) checkpoints, light_encoder.pth, teacher_embeddings/
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ ATLAS_FILE = "atlas.npz"
 QUALITY_FILE = "quality.json"
 SYNTHESIS_FOLDER = "synthesis"
 DATASET_JSON = "dataset.json"
+SAM_KD_NATURAL, SAM_KD_MEDICAL = "sam_kd_natural", "sam_kd_medical"
+LIGHT_ENCODER_FILE = "light_encoder.pth"
+TEACHER_EMBEDDINGS = "teacher_embeddings"
 
 
 class RunFolder:
@@ -51,6 +55,14 @@ class RunFolder:
         """``student_<tag>.pth`` (or a file name given as is) in the distillation folder."""
         name = tag_or_file if tag_or_file.endswith(".pth") else STUDENT_FILE.format(tag_or_file)
         return os.path.join(self.stage(DISTILLATION), name)
+
+    def light_encoder(self, stage: str) -> str:
+        """The lightweight encoder distilled by a SAM distillation stage."""
+        return os.path.join(self.stage(stage), LIGHT_ENCODER_FILE)
+
+    def teacher_embeddings(self, stage: str) -> str:
+        """The cached SAM embeddings of a SAM distillation stage's inputs."""
+        return os.path.join(self.stage(stage), TEACHER_EMBEDDINGS)
 
     @property
     def atlas_file(self) -> str:

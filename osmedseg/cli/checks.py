@@ -63,9 +63,11 @@ RULES: dict[str, dict[str, Rule]] = {
                   "-hint_warmup": UNIT, "-ce_top_fraction": FRACTION, "-real_fraction": UNIT, "-lr": POSITIVE,
                   "-lambda_kd": AT_LEAST_0, "-lambda_con": AT_LEAST_0, "-rec_alpha": AT_LEAST_0,
                   "-kl_beta": AT_LEAST_0, "-switch_probability": UNIT, "-switch_max_boxes": AT_LEAST_1,
-                  "-seed": SEED},
+                  "-sam_input_size": Rule(32, 4096), "-kd_slices_per_volume": AT_LEAST_0, "-kd_lr": POSITIVE,
+                  "-lambda_consistency": AT_LEAST_0, "-ema_momentum": UNIT, "-seed": SEED},
     "osm_predict": {"-step_size": FRACTION, "-tile_batch_size": AT_LEAST_1, "-memory_budget_gb": POSITIVE,
-                    "-num_parts": AT_LEAST_1, "-part_id": AT_LEAST_0, "-npp": AT_LEAST_1, "-nps": AT_LEAST_1, "-seed": SEED},
+                    "-num_parts": AT_LEAST_1, "-part_id": AT_LEAST_0, "-npp": AT_LEAST_1, "-nps": AT_LEAST_1,
+                    "-seed": SEED},
     "osm_evaluate": {"-l": AT_LEAST_0, "-np": AT_LEAST_0},
     "osm_overlay": {},
 }

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trainer class (default OSMedSegTrainer)")
     parser.add_argument("-p", dest="plans", default="osmPlans", help="plans name (default osmPlans)")
     parser.add_argument("-stage", default=None,
-                        help="run only this stage (registration, synthesis, distillation; SIKD also teacher)")
+                        help="run only this stage (registration, synthesis, distillation; SIKDTrainer also teacher; "
+                             "RRLMedSAMTrainer also sam_kd_natural, sam_kd_medical)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="device (default cpu)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help="epochs per trained stage (default: the trainer's)")
@@ -87,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
     dist.add_argument("-lr", type=float, default=None,
                       help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
+    rrl = parser.add_argument_group("RRL-MedSAM (-tr RRLMedSAMTrainer)")
+    rrl.add_argument("--sam_checkpoint", default=None, metavar="PATH",
+                     help="SAM ViT-B checkpoint (sam_vit_b_01ec64.pth), read locally; the distillation teacher")
+    rrl.add_argument("--allow_random_sam", action="store_true",
+                     help="without --sam_checkpoint, distil a random ViT-B teacher (tests, ablations) instead of "
+                          "refusing")
+    rrl.add_argument("--natural_images", default=None, metavar="DIR",
+                     help="folder of natural images (png, jpg, bmp, tif, webp; searched recursively) for SAM "
+                          "distillation stage 1")
+    rrl.add_argument("-sam_input_size", type=int, default=None,
+                     help="SAM's input size in the distillation stages (default 1024, SAM's own; a multiple of 16)")
+    rrl.add_argument("-kd_slices_per_volume", type=int, default=None,
+                     help="axial slices per volume in SAM distillation stage 2, evenly spaced (default 0 = all)")
+    rrl.add_argument("-kd_lr", type=float, default=None, help="SAM distillation learning rate (default 1e-3, AdamW)")
+    rrl.add_argument("-lambda_consistency", type=float, default=None,
+                     help="weight of the general/medical consistency term (default 1)")
+    rrl.add_argument("-ema_momentum", type=float, default=None,
+                     help="mutual EMA momentum between the general and medical encoders (default 0.99)")
     add_seed_arg(parser)
     add_pbar_arg(parser)
     add_folder_args(parser, "preprocessed", "results")
@@ -113,6 +132,11 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
                          "pseudo_label_confidence": False if args.no_pseudo_label_confidence else None,
                          "synthesis": args.synthesis, "compile": compile_flag,
                          "interpolate_flows": False if args.no_flow_interpolation else None},
+        "rrl_medsam": {"sam_checkpoint": args.sam_checkpoint,
+                       "allow_random_sam": True if args.allow_random_sam else None,
+                       "natural_images": args.natural_images, "sam_input_size": args.sam_input_size,
+                       "kd_slices_per_volume": args.kd_slices_per_volume, "kd_lr": args.kd_lr,
+                       "lambda_consistency": args.lambda_consistency, "ema_momentum": args.ema_momentum},
     }
     return {stage: {k: v for k, v in values.items() if v is not None} for stage, values in options.items()}
 

@@ -10,7 +10,7 @@ import torch
 
 from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, write_label
-from osmedseg.networks.unet import build_network
+from osmedseg.networks.saved import build_saved_network
 from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
 from osmedseg.inference.export import export_bytes, export_prediction
@@ -70,8 +70,7 @@ class Predictor:
         state = load_checkpoint(path, self.device, ("state_dict", "architecture", "in_channels", "num_classes"),
                                 "student (student_final.pth / student_best.pth)")
         self.num_channels, self.num_classes = state["in_channels"], state["num_classes"]
-        self.network = build_network(state["architecture"], self.num_channels, self.num_classes, "student",
-                                     hint_layers=0).to(self.device)
+        self.network = build_saved_network(state, path).to(self.device)
         self.network.load_state_dict(state["state_dict"])
         self.network.eval()
         self.step_size = step_size

@@ -197,12 +197,15 @@ class DistillationStage(StageTrainer):
     def save_student(self, tag: str) -> str:
         """Write the student alone (weights + what inference needs) as ``student_<tag>.pth``."""
         path = self.run_folder.student(tag)
-        torch_save_atomic({"state_dict": self.modules["student"].state_dict(),
-                           "architecture": self.plans.segmentation.architecture,
+        torch_save_atomic({"state_dict": self.modules["student"].state_dict(), **self.student_description(),
                            "in_channels": self.channels, "num_classes": self.num_classes,
-                           "hint_layers": self.modules["student"].hint_layers, "trainer": self.options.get("method"),
-                           "epoch": self.epoch}, path)
+                           "trainer": self.options.get("method"), "epoch": self.epoch}, path)
         return path
+
+    def student_description(self) -> dict:
+        """What ``networks.saved.build_saved_network`` needs to rebuild the exported student."""
+        return {"network": "unet", "architecture": self.plans.segmentation.architecture,
+                "hint_layers": self.modules["student"].hint_layers}
 
 
 def check_options(options: dict) -> None:

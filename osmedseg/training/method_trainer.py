@@ -40,6 +40,7 @@ class MethodTrainer:
     """
 
     stages: tuple[str, ...] = (REGISTRATION, "synthesis", DISTILLATION)
+    option_groups: tuple[str, ...] = (REGISTRATION, "synthesis", DISTILLATION)  # what ``options`` may hold
     registration_stage: type[StageTrainer] = RegistrationStage
     registration_options: dict = {}
     synthesis_options: dict = {"appearance_transfer": "histogram"}
@@ -58,6 +59,11 @@ class MethodTrainer:
                            preprocessed_dataset_folder=preprocessed_dataset_folder, device=device, epochs=epochs,
                            total_iterations=total_iterations, seed=seed, disable_pbar=disable_pbar)
         given = options or {}
+        foreign = [group for group, values in given.items() if values and group not in self.option_groups]
+        if foreign:
+            raise OsmError(f"-tr {type(self).__name__} takes no {foreign[0]} options "
+                           f"(given: {', '.join(sorted(given[foreign[0]]))})")
+        self.given_options = given
         method = {"method": type(self).__name__}
         self.options = {
             REGISTRATION: {**self.registration_options, **given.get(REGISTRATION, {}), **method},

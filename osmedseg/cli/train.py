@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "only)")
     dist.add_argument("--no_pseudo_label_confidence", action="store_true",
                       help="count every voxel of a real image's registration pseudo-label fully (default: weigh it by "
-                           "its distance to a label boundary, in registration-grid voxels)")
+                           "its distance to a label boundary, against the registration grid's spacing or a thinner "
+                           "structure's own radius)")
     dist.add_argument("-lambda_kd", type=float, default=None,
                       help="SIKDTrainer: weight of the penultimate-feature MSE to the frozen teacher (default 2)")
     dist.add_argument("-lambda_con", type=float, default=None,

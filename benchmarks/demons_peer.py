@@ -20,10 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from osmedseg.dataset.cases import group_channel_files
 from osmedseg.dataset.dataset_json import load_dataset_json_file
 from osmedseg.inference.registration_predictor import RegistrationPredictor
-from osmedseg.io import read_image, write_label
+from osmedseg.inference.run_prediction import predict_folder as predict_cases
 from osmedseg.run_folder import RunFolder
 
 ITERATIONS, SIGMA_VOXELS = 100, 1.5
@@ -66,18 +65,15 @@ def _grid_image(array: np.ndarray, spacing: list[float]) -> sitk.Image:
 
 def predict_folder(run_folder: str, images: str, out: str, iterations: int = ITERATIONS,
                    sigma_voxels: float = SIGMA_VOXELS, threads: int = 1) -> float:
-    """Segment every case of ``images`` into ``out`` (``<case><ending>``); returns the seconds taken."""
+    """Segment every case of ``images`` into ``out`` (``<case><ending>``) through ``osm_predict``'s folder pipeline
+    (atomic writes); returns the seconds taken."""
     run = RunFolder(run_folder)
     dataset_json = load_dataset_json_file(run.file("dataset.json"))
-    ending, channels = dataset_json["file_ending"], len(dataset_json["channel_names"])
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     predictor = DemonsPredictor(run, iterations, sigma_voxels)
-    os.makedirs(out, exist_ok=True)
     start = time.time()
-    for case_id, files in group_channel_files(images, ending, channels).items():
-        image, geometry = read_image(files)
-        label, _ = predictor.predict_array(image, geometry)
-        write_label(label, os.path.join(out, case_id + ending), geometry)
+    predict_cases(predictor, images, out, dataset_json["file_ending"], len(dataset_json["channel_names"]),
+                  disable_pbar=True)
     return time.time() - start
 
 

@@ -11,7 +11,10 @@ Three rows per TTA setting, each timed end to end (Gaussian sliding window with 
    ``osm_predict``'s defaults: reduced precision where the hardware has it (``--precision``) and the tiles per
    pass chosen from the memory estimate (``--tile-batch-size`` caps them);
 3. osmedseg's default student (features 16..256, 5 stages) on the same volume, with the same patch by default
-   (``--student-patch`` to change it; the patch needs to be a multiple of 16).
+   (``--student-patch`` to change it; the patch needs to be a multiple of 16), as the planner builds it where an
+   atlas structure is thinner than three voxels (two conv units at full resolution, conv + 1x1 head);
+4. the same student as the planner builds it where every atlas structure is thicker (``lean_full_resolution``: one
+   conv unit per full-resolution stage, 1x1 head).
 
 The volume is random noise ``(1, *shape)``, seed 1, treated as already preprocessed at 1 mm; the original grid has
 the same spacing (export = argmax + un-crop) unless ``--original-spacing S`` asks for an original grid at S mm, in
@@ -66,11 +69,13 @@ METHODS = {  # name: (network, predictor)
     "nnunet": ("nnU-Net default", "nnUNetPredictor"),
     "osm-same-net": ("nnU-Net default", "osmedseg"),
     "osm-student": ("osmedseg student", "osmedseg"),
+    "osm-lean-student": ("osmedseg lean student", "osmedseg"),
 }
+STUDENTS = ("osm-student", "osm-lean-student")
 INSTALL = __doc__[__doc__.index("    OSM_SITE"):__doc__.index("then run")].rstrip()
 REFERENCE = ("reference (issue 4, nnU-Net on a 2-core machine, full case): sliding window about 105 s without TTA, "
              "about 800 s with TTA, plus about 10 s export")
-GOALS = {"osm-same-net": 1.3, "osm-student": 5.0}
+GOALS = {"osm-same-net": 1.3, "osm-student": 5.0, "osm-lean-student": 5.0}
 SAMPLED_VOXELS = 4096  # logits compared between nnU-Net and osmedseg on the same network
 
 
@@ -132,10 +137,11 @@ def dataset_json(num_classes: int) -> dict:
 def build_network(method: str, args: argparse.Namespace) -> tuple[torch.nn.Module, dict | None]:
     """The network of a row (random weights, seed 0) and, for nnU-Net's network, its plans."""
     torch.manual_seed(0)
-    if method == "osm-student":
+    if method in STUDENTS:
         from osmedseg.networks import build_network as build_osm_network
 
-        arch = {**STUDENT_ARCH, "features_per_stage": list(args.student_features)}
+        arch = {**STUDENT_ARCH, "features_per_stage": list(args.student_features),
+                "lean_full_resolution": method == "osm-lean-student"}
         return build_osm_network(arch, 1, args.classes, "student", hint_layers=0), None
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -183,7 +189,7 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     network, plans = build_network(method, args)
     network = network.to(device).eval()
-    patch = args.student_patch if method == "osm-student" else args.patch
+    patch = args.student_patch if method in STUDENTS else args.patch
     image = torch.randn((1, *args.shape), generator=torch.Generator().manual_seed(1))
     shape, spacing = original_grid(args)
     bbox = [[0, s] for s in shape]
@@ -224,7 +230,7 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
         properties = {"geometry": Geometry.identity((spacing,) * 3).to_dict(), "shape_before_cropping": shape,
                       "bbox_used_for_cropping": bbox, "shape_after_cropping": shape,
                       "spacing_after_resampling": [1.0, 1.0, 1.0], "shape_after_resampling": list(args.shape)}
-        network_fn = (lambda x: network(x)["out"]) if method == "osm-student" else (lambda x: network(x))
+        network_fn = (lambda x: network(x)["out"]) if method in STUDENTS else (lambda x: network(x))
         planner = TileBatchPlanner(network_fn, 1, patch, args.classes, device, compute_dtype(device, args.precision),
                                    limit=args.tile_batch_size)
         memory = planner.estimate(image.shape, export_bytes(args.classes, properties))  # the warm-up: one tile
@@ -300,7 +306,7 @@ def main() -> None:
         print("nnunetv2 (and dynamic-network-architectures) are not importable from this python; nnU-Net's rows are "
               "skipped and osmedseg's student is timed alone. To compare, install nnU-Net for the benchmark:\n"
               f"{INSTALL}\nand run this script with /tmp/nnunet_venv/bin/python.\n")
-        methods = [m for m in methods if m == "osm-student"]
+        methods = [m for m in methods if m in STUDENTS]
         if not methods:
             sys.exit(0)
     load_before = os.getloadavg()[0]
@@ -312,13 +318,13 @@ def main() -> None:
           f"precision {args.precision} ({str(compute_dtype(args.device, args.precision)).replace('torch.', '')}); "
           "export to "
           f"{tuple(original_shape)} at {args.original_spacing} mm")
-    if any(m != "osm-student" for m in methods):
+    if any(m not in STUDENTS for m in methods):
         arch = nnunet_plans(args.patch)["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
         print(f"nnU-Net's network for this patch: {arch['n_stages']} stages, features {arch['features_per_stage']}, "
               f"strides {[tuple(st) for st in arch['strides']]}")
     if args.full:
         print(REFERENCE)
-    header = (f"{'network':17s} {'predictor':16s} {'TTA':3s} {'window s':>9s} {'export s':>9s} {'total s':>8s} "
+    header = (f"{'network':21s} {'predictor':16s} {'TTA':3s} {'window s':>9s} {'export s':>9s} {'total s':>8s} "
               f"{'peak RSS MiB':>12s} {'+MiB':>6s} {'estimate':>8s} {'tiles':>5s} {'speed-up':>8s} "
               f"{'same labels':>11s}")
     context = multiprocessing.get_context("spawn")
@@ -342,7 +348,7 @@ def main() -> None:
             network, predictor = METHODS[method]
             cuda = f"  {r['cuda_peak']:13.0f}" if r["cuda_peak"] is not None else ""
             estimate = f"{r['estimate']:8.0f}" if r["estimate"] is not None else f"{'-':>8s}"
-            print(f"{network:17s} {predictor:16s} {'on' if tta else 'off':3s} {r['sliding']:9.2f} {r['export']:9.2f} "
+            print(f"{network:21s} {predictor:16s} {'on' if tta else 'off':3s} {r['sliding']:9.2f} {r['export']:9.2f} "
                   f"{r['total']:8.2f} {r['peak']:12.0f} {r['rise']:6.0f} {estimate} "
                   f"{r['tile_batch']:5d} {speedup:>8s} {agree:>11s}{cuda}", flush=True)
             if reference and method in GOALS:

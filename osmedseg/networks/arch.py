@@ -45,12 +45,15 @@ class UNetArch:
     """Topology and layer options of a U-Net; `strides`/`kernel_sizes` default to 1-then-2 and 3 everywhere.
 
     `residual_encoder` switches the student to residual encoder units (METHODS 10.3); the teacher always has them.
+    `lean_full_resolution` gives the full-resolution stage one conv unit in the encoder and one in the decoder, and the
+    student's head only its 1x1 classifier: the stage that sees every voxel costs about 2.5x less (inference.md).
     """
 
     features_per_stage: tuple[int, ...] = (16, 32, 64, 128, 256)
     strides: tuple[tuple[int, ...], ...] | None = None
     kernel_sizes: tuple[tuple[int, ...], ...] | None = None
     residual_encoder: bool = False
+    lean_full_resolution: bool = False
     layers: LayerSpec = field(default_factory=LayerSpec)
 
     def __post_init__(self) -> None:
@@ -103,6 +106,7 @@ class UNetArch:
             "strides": [list(s) for s in self.strides],
             "kernel_sizes": [list(k) for k in self.kernel_sizes],
             "residual_encoder": self.residual_encoder,
+            "lean_full_resolution": self.lean_full_resolution,
         }
         out.update(asdict(self.layers))
         return out

@@ -44,7 +44,8 @@ class UNet(nn.Module):
         self.arch, self.in_channels, self.hint_layers = arch, in_channels, hint_layers
         self.pools = nn.ModuleList(max_pool(arch.strides[s]) for s in range(1, n))
         self.encoder = nn.ModuleList(
-            block(spec, in_channels if s == 0 else f[s - 1], f[s], arch.kernel_sizes[s]) for s in range(n - 1)
+            (ConvUnit if s == 0 and arch.lean_full_resolution else block)(
+                spec, in_channels if s == 0 else f[s - 1], f[s], arch.kernel_sizes[s]) for s in range(n - 1)
         )
         self.bottleneck = ConvUnit(spec, f[n - 2], f[n - 1], arch.kernel_sizes[n - 1])
         self.skips = skips
@@ -85,7 +86,8 @@ def decoder_modules(arch: UNetArch, skips: bool = True) -> tuple[nn.ModuleList, 
     )
     width = 2 if skips else 1
     decoder = nn.ModuleList(
-        (DoubleConv if s == 0 else ConvUnit)(spec, width * f[s], f[s], arch.kernel_sizes[s]) for s in range(n - 1)
+        (DoubleConv if s == 0 and not arch.lean_full_resolution else ConvUnit)(
+            spec, width * f[s], f[s], arch.kernel_sizes[s]) for s in range(n - 1)
     )
     return ups, decoder
 
@@ -107,7 +109,8 @@ def run_decoder(ups: nn.ModuleList, decoder: nn.ModuleList, x: torch.Tensor, ski
 
 
 class StudentUNet(UNet):
-    """Segmentation U-Net: plain double-conv encoder (residual with `residual_encoder=True`), conv + 1x1 head.
+    """Segmentation U-Net: plain double-conv encoder (residual with `residual_encoder=True`), conv + 1x1 head
+    (the 1x1 classifier alone with `lean_full_resolution=True`).
 
     `skips=False` gives the same network without skip connections (SIKD's teacher).
     """
@@ -124,7 +127,8 @@ class StudentUNet(UNet):
         super().__init__(in_channels, arch, hint_layers, arch.residual_encoder, skips)
         f0, k0 = self.arch.features_per_stage[0], self.arch.kernel_sizes[0]
         self.head = nn.Sequential(
-            ConvUnit(self.arch.layers, f0, f0, k0), conv(f0, num_classes, (1,) * self.arch.dims)
+            nn.Identity() if self.arch.lean_full_resolution else ConvUnit(self.arch.layers, f0, f0, k0),
+            conv(f0, num_classes, (1,) * self.arch.dims),
         )
 
     def forward(self, x: torch.Tensor) -> NetworkOutput:

@@ -15,6 +15,7 @@ from osmedseg.io import read_image, read_label
 from osmedseg.planning.symmetry import lateral_axes
 from osmedseg.preprocessing.cropping import crop_to_nonzero
 from osmedseg.utilities.atomic import save_json_atomic
+from osmedseg.utilities.label_depth import structure_thickness_mm
 from osmedseg.utilities.parallel import map_cases
 
 FINGERPRINT_FILE = "dataset_fingerprint.json"
@@ -61,6 +62,7 @@ def _case_fingerprint(item: tuple[str, Case], declared: list[int], seed: int) ->
         result["foreground_samples"] = [_sample(channel[foreground], rng) for channel in cropped]
         result["label_voxel_counts"] = {str(v): int(c) for v, c in zip(*np.unique(label, return_counts=True))}
         result["lateral_axes"] = lateral_axes(cropped_label[0])
+        result["structure_thickness_mm"] = structure_thickness_mm(cropped_label[0], list(geometry.spacing))
     return result
 
 

@@ -9,30 +9,18 @@ divided instead by the structure's own inner radius when that is smaller, which 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+from osmedseg.utilities.label_depth import structure_depths
 
 
 def boundary_confidence(label: np.ndarray, spacing: list[float], uncertainty_mm: float) -> np.ndarray:
     """Per-voxel weights in [0, 1] for a pseudo-label map ``label`` (Z, Y, X; non-negative label values, any dtype)
     with voxel ``spacing`` (mm)."""
-    label = label.astype(np.int64, copy=False)
-    values = np.unique(label)
     weights = np.ones(label.shape, dtype=np.float32)
-    if len(values) < 2:
+    if len(np.unique(label)) < 2:
         return weights
-    half_voxel = 0.5 * min(spacing)
-    boxes = ndimage.find_objects(label)
-    for value in values:
-        box = _padded(boxes[value - 1], label.shape) if value > 0 else (slice(None),) * label.ndim
-        inside = label[box] == value
-        # distance from each voxel centre to the interface: half a voxel short of the nearest other voxel's centre
-        depth = ndimage.distance_transform_edt(inside, sampling=spacing) - half_voxel
+    for _, box, inside, depth in structure_depths(label, spacing):
         radius = depth[inside].max()
         scale = max(min(uncertainty_mm, radius), 1e-6)
         weights[box][inside] = np.clip(depth[inside] / scale, 0.0, 1.0)
     return weights
-
-
-def _padded(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """``box`` grown by one voxel on every side (within ``shape``), so that the structure's edges see its outside."""
-    return tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, shape))

@@ -86,6 +86,28 @@ def test_student_residual_encoder_and_norm_options():
     assert affine.count_parameters() > plain.count_parameters()
 
 
+def _full_resolution_convs(network) -> int:
+    """3x3x3 convolutions that run at full resolution: encoder stage 0, decoder stage 0 and the head."""
+    parts = (network.encoder[0], network.decoder[0], network.head[0])
+    return sum(isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3) for part in parts for m in part.modules())
+
+
+def test_lean_full_resolution_keeps_one_conv_unit_per_full_resolution_stage():
+    torch.manual_seed(0)
+    default, lean = StudentUNet(1, 3, SMALL).eval(), StudentUNet(1, 3, {**SMALL, "lean_full_resolution": True}).eval()
+    assert _full_resolution_convs(default) == 5  # two encoder, two decoder, one head conv
+    assert _full_resolution_convs(lean) == 2  # one encoder, one decoder, the head is the 1x1 classifier alone
+    assert default.encoder[1:].state_dict().keys() == lean.encoder[1:].state_dict().keys()  # coarser stages unchanged
+    x = torch.randn(1, 1, 9, 13, 11)
+    out = lean(x)
+    assert out["out"].shape == (1, 3, 9, 13, 11)
+    assert torch.equal(out["penultimate"], out["feature"])  # what the classifier reads is the decoder's feature
+    teacher = build_network({**SMALL, "lean_full_resolution": True}, 1, 1, "teacher")
+    assert isinstance(teacher.encoder[0], torch.nn.Sequential) and not isinstance(teacher.encoder[0], ResidualUnit)
+    assert UNetArch.from_dict(lean.arch.to_dict()) == lean.arch and lean.arch.lean_full_resolution
+    assert UNetArch.from_dict({"features_per_stage": [4, 8]}).lean_full_resolution is False  # older plans
+
+
 def test_arch_round_trips_through_json_dict_and_rejects_bad_plans():
     arch = UNetArch.from_dict({**ANISOTROPIC, "norm": "group", "norm_groups": 4})
     assert UNetArch.from_dict(arch.to_dict()) == arch

@@ -12,6 +12,7 @@ from osmedseg.io import Geometry, read_image, read_label, write_image
 from osmedseg.planning import fingerprint as fp
 from osmedseg.planning.fingerprint import (FINGERPRINT_FILE, extract_fingerprint, intensity_statistics,
                                            save_fingerprint)
+from osmedseg.utilities.label_depth import structure_thickness_mm
 from tests.dataset.test_bad_input import write_tiny_dataset
 
 
@@ -72,6 +73,22 @@ def test_intensity_statistics_match_numpy(dataset, fingerprint):
     counts = fingerprint["cases"][0]["label_voxel_counts"]
     assert counts == {str(v): int((label == v).sum()) for v in (0, 1, 2)}
     assert all("label_voxel_counts" not in c for c in fingerprint["cases"][1:])
+    assert set(fingerprint["cases"][0]["structure_thickness_mm"]) == {"1", "2"}
+    assert all("structure_thickness_mm" not in c for c in fingerprint["cases"][1:])
+
+
+@pytest.mark.parametrize("spacing", [1.0, 0.5])
+def test_structure_thickness_of_sheets_rods_and_a_ball(spacing):
+    sheets = np.zeros((24, 24, 24), np.uint8)
+    sheets[2:3, 2:22, 2:22] = 1      # one voxel thick
+    sheets[6:9, 2:22, 2:22] = 2      # three voxels
+    sheets[12:17, 2:22, 2:22] = 3    # five voxels
+    sheets[19:21, 10:12, 2:22] = 4   # a rod two voxels across
+    thickness = structure_thickness_mm(sheets, [spacing] * 3)
+    assert thickness == pytest.approx({"1": spacing, "2": 3 * spacing, "3": 5 * spacing, "4": spacing})
+    z, y, x = np.ogrid[:40, :40, :40]
+    ball = ((z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 < 15 ** 2).astype(np.uint8)
+    assert 13 * spacing < structure_thickness_mm(ball, [spacing] * 3)["1"] < 17 * spacing  # about its radius
 
 
 def test_json_written_atomically_and_reproducible(dataset, fingerprint, tmp_path):

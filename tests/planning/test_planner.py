@@ -297,3 +297,17 @@ def test_planner_found_by_name():
     assert find_class("osmedseg.planning", "ExperimentPlanner", ExperimentPlanner) is ExperimentPlanner
     with pytest.raises(OsmError, match="no ExperimentPlanner named 'NoSuchPlanner'.*ExperimentPlanner"):
         find_class("osmedseg.planning", "NoSuchPlanner", ExperimentPlanner)
+
+
+@pytest.mark.parametrize("thickness_mm, spacing, lean", [
+    ({"1": 20.0, "2": 6.0}, 1.0, True),    # every structure at least 3 planned voxels thick
+    ({"1": 20.0, "2": 2.0}, 1.0, False),   # a 2 mm vessel at 1 mm keeps the double full-resolution stage
+    ({"1": 20.0, "2": 6.0}, 2.5, False),   # 6 mm is under 3 voxels of 2.5 mm
+    (None, 1.0, False),                    # a fingerprint from before the thickness existed
+])
+def test_student_is_lean_only_when_every_atlas_structure_is_thick(thickness_mm, spacing, lean):
+    fingerprint = make_fingerprint([[spacing] * 3] * 3, [[64, 64, 64]] * 3)
+    if thickness_mm is not None:
+        fingerprint["cases"][0]["structure_thickness_mm"] = thickness_mm
+    plans = ExperimentPlanner(fingerprint).plan()
+    assert plans["configurations"]["segmentation"]["architecture"]["lean_full_resolution"] is lean

@@ -223,7 +223,6 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     else:
         from osmedseg.inference.export import export_bytes, export_prediction
         from osmedseg.inference.memory import TileBatchPlanner
-        from osmedseg.inference.precision import compute_dtype
         from osmedseg.inference.sliding_window import predict_sliding_window
         from osmedseg.io import Geometry
 

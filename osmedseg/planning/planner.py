@@ -133,11 +133,11 @@ class ExperimentPlanner:
         when every atlas structure is at least ``lean_min_thickness_voxels`` thick at ``spacing`` (its coarsest
         axis). Structures one or two voxels thick (vessels, skin, cortical ribbons) need the double stage: the lean
         student lost the demo's vessel (documentation/inference.md). Older fingerprints without thickness keep it."""
-        thickness = [t for case in self.fingerprint["cases"] if case["role"] == "atlas"
-                     for t in case.get("structure_thickness_mm", {None: None}).values()]
-        if not thickness or None in thickness:
+        atlases = [case for case in self.fingerprint["cases"] if case["role"] == "atlas"]
+        if any("structure_thickness_mm" not in case for case in atlases):
             return False
-        return min(thickness) >= self.lean_min_thickness_voxels * max(spacing)
+        thickness = [t for case in atlases for t in case["structure_thickness_mm"].values()]
+        return bool(thickness) and min(thickness) >= self.lean_min_thickness_voxels * max(spacing)
 
     # ---- registration configuration ----------------------------------------------------------------------------
     def _atlas_case(self) -> dict:

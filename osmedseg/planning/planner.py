@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from osmedseg.dataset.dataset_json import label_values
 from osmedseg.io import Geometry
-from osmedseg.planning.topology import (Topology, estimate_training_bytes, features_per_stage, network_topology)
+from osmedseg.planning.topology import (Topology, estimate_training_bytes, features_per_stage, network_topology,
+                                        training_step_flops)
 from osmedseg.preprocessing.normalization import scheme_for_channel
 from osmedseg.registration.builders import BOTTLENECK_WIDTH, LEVEL_WIDTHS
 
 ANISO_THRESHOLD = 3.0
+ITERATIONS_PER_EPOCH = 50  # the segmentation stages' epoch (training.stage_trainer)
 GB = 1024**3
 
 
@@ -36,6 +39,8 @@ class ExperimentPlanner:
     registration_margin = 0.1              # grid margin around the atlas's nonzero box, per side, as a fraction
     cpu_registration_voxels = 64**3        # compute cap of the registration grid when training on CPU
     lean_min_thickness_voxels = 3.0        # thinnest atlas structure, in planned voxels, that a lean student keeps
+    training_iterations = 2500             # of a segmentation training stage (50 epochs x 50 iterations)
+    cpu_training_tflop = 200.0             # compute cap of a segmentation training stage when training on CPU
 
     def __init__(self, fingerprint: dict, gpu_memory_target_gb: float | None = None,
                  overwrite_target_spacing: list[float] | None = None):
@@ -110,23 +115,36 @@ class ExperimentPlanner:
         dataset_cap = int(self.dataset_fraction_per_batch * np.prod(median_shape) * n_volumes
                           / np.prod(topology.patch_size))
         batch = max(self.min_batch_size, min(batch, dataset_cap))
+        architecture = {
+            "features_per_stage": features,
+            "strides": topology.strides,
+            "kernel_sizes": topology.kernel_sizes,
+            "norm": "instance",
+            "residual_encoder": False,
+            "lean_full_resolution": self.lean_full_resolution(spacing),
+        }
         return {
             "spacing": spacing,
             "median_image_size_in_voxels": median_shape,
             "patch_size": topology.patch_size,
             "batch_size": batch,
             "mirror_axes": self.mirror_axes(),
-            "architecture": {
-                "features_per_stage": features,
-                "strides": topology.strides,
-                "kernel_sizes": topology.kernel_sizes,
-                "norm": "instance",
-                "residual_encoder": False,
-                "lean_full_resolution": self.lean_full_resolution(spacing),
-            },
+            "architecture": architecture,
+            "training_iterations": self.segmentation_iterations(architecture, topology.patch_size, batch),
             "estimated_training_memory_gb": round(estimate_training_bytes(
                 topology.patch_size, topology.strides, features, batch, 2) / GB, 3),
         }
+
+    def segmentation_iterations(self, architecture: dict, patch_size: list[int], batch_size: int) -> int:
+        """Iterations of a segmentation training stage when ``osm_train`` gets no ``--epochs``: ``training_iterations``
+        on CUDA; on CPU at most as many whole epochs of 50 as fit ``cpu_training_tflop`` (student and teacher,
+        forward and backward), so that a large patch trains fewer iterations instead of for hours."""
+        if self.gpu_memory_target_gb is not None:
+            return self.training_iterations
+        flops = training_step_flops(architecture, patch_size, batch_size, len(self.fingerprint["channel_names"]),
+                                    max(label_values(self.fingerprint)) + 1)
+        epochs = int(self.cpu_training_tflop * 1e12 // (flops * ITERATIONS_PER_EPOCH))
+        return int(np.clip(epochs, 1, self.training_iterations // ITERATIONS_PER_EPOCH)) * ITERATIONS_PER_EPOCH
 
     def lean_full_resolution(self, spacing: list[float]) -> bool:
         """One conv unit per full-resolution stage (about 1.35x faster prediction, 1.7x faster training on CPU)

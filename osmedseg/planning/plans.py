@@ -49,6 +49,11 @@ class SegmentationConfiguration(Configuration):
     mirror_axes: list[int] = field(default_factory=list)
     architecture: dict = field(default_factory=dict)
 
+    @property
+    def training_iterations(self) -> int | None:
+        """Iterations of a segmentation training stage without ``--epochs`` (None in plans older than the key)."""
+        return self.raw.get("training_iterations")
+
 
 @dataclass(frozen=True)
 class RegistrationConfiguration(Configuration):

@@ -1,9 +1,13 @@
-"""Network topology and memory estimates: how deep to pool along each axis for a patch at a spacing."""
+"""Network topology, memory and compute estimates: how deep to pool along each axis for a patch at a spacing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from osmedseg.networks.unet import build_network
 
 MIN_BOTTLENECK_EDGE = 4
 # feature maps kept for backward per stage and per feature channel: conv, norm and activation outputs of two
@@ -69,3 +73,17 @@ def estimate_training_bytes(patch_size: list[int], strides: list[list[int]], fea
         factor = factor * np.asarray(stride)
         total += MAPS_PER_STAGE * width * np.prod(np.asarray(patch_size) / factor)
     return float(total * BYTES_PER_VALUE * batch_size * networks)
+
+
+def training_step_flops(architecture: dict, patch_size: list[int], batch_size: int, in_channels: int,
+                        num_classes: int) -> float:
+    """Floating-point operations of one default training step: student and reconstruction teacher, forward and
+    backward, on a batch of patches. Counted operator by operator on the meta device (nothing is computed)."""
+    hint_layers = min(2, len(architecture["features_per_stage"]) - 1)
+    with torch.device("meta"):
+        student = build_network(architecture, in_channels, num_classes, "student", hint_layers)
+        teacher = build_network(architecture, in_channels, in_channels, "teacher", hint_layers)
+        batch = torch.empty(batch_size, in_channels, *patch_size)
+    with FlopCounterMode(display=False) as counter:
+        (student(batch)["out"].sum() + teacher(batch)["out"].sum()).backward()
+    return float(counter.get_total_flops())

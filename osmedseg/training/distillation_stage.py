@@ -57,6 +57,12 @@ class DistillationStage(StageTrainer):
         self.best_ema: float | None = None
         self.ema: float | None = None
 
+    def planned_epochs(self) -> int:
+        """The plans' ``training_iterations`` in whole epochs (the planner caps them by compute on CPU); plans
+        written before that key existed give ``default_epochs``."""
+        iterations = self.plans.segmentation.training_iterations
+        return max(1, iterations // self.iterations_per_epoch) if iterations else self.default_epochs
+
     @property
     def uses_teacher(self) -> bool:
         return self.options["lambda_hint"] > 0

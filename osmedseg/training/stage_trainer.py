@@ -52,7 +52,7 @@ class StageTrainer:
             self.epochs = max(1, math.ceil(total_iterations / self.iterations_per_epoch))
             self.iterations_per_epoch = min(self.iterations_per_epoch, total_iterations)
         else:
-            self.epochs = epochs or self.default_epochs
+            self.epochs = epochs or self.planned_epochs()
         self.seed = seed
         self.disable_pbar = disable_pbar
         self.options = options
@@ -67,6 +67,10 @@ class StageTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
     # ---- to be provided by a method ------------------------------------------------------------------------------
+    def planned_epochs(self) -> int:
+        """Epochs when none are given: the stage's ``default_epochs``."""
+        return self.default_epochs
+
     def build(self) -> None:
         """Create ``self.modules``, ``self.optimizers`` (and optionally ``self.schedulers``) and load data."""
         raise NotImplementedError

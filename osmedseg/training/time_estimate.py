@@ -2,8 +2,9 @@
 
 Each stage's iteration is timed on freshly built networks with random inputs of the planned sizes (the training
 networks, data and random state are not touched): a registration step on the grid, a distillation step (data
-augmentation of one batch, student and teacher forward and backward), and the per-epoch validation passes. The
-registration figure is its maximum: the stage may stop earlier on a validation plateau.
+augmentation, averaged over several batches; student and teacher forward and backward with all their losses), and
+the per-epoch validation passes. The registration figure is its maximum: the stage may stop earlier on a validation
+plateau.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from osmedseg.registration.builders import build_registration_modules
 from osmedseg.registration.losses import RegistrationLoss
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.training.augmentation import enlarged_patch_size, training_transforms
-from osmedseg.training.losses import DiceCELoss, HintLoss
+from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss
 
 VALIDATION_STEP = 0.5  # sliding-window step of the validation passes
+AUGMENTATION_REPEATS = 8  # spatial augmentation runs on a random fraction of batches: its time varies 0.03-1.3 s
 
 
 def seconds_per_call(function: Callable[[], object], repeats: int = 2) -> float:
@@ -73,16 +75,23 @@ def distillation_seconds(plans: Plans, channels: int, num_classes: int, options:
     rng = np.random.default_rng(0)
     raw = {"data": rng.standard_normal((batch, 2 * channels, *enlarged_patch_size(patch))).astype(np.float32),
            "seg": rng.integers(0, num_classes, (batch, 1, *enlarged_patch_size(patch))).astype(np.int16)}
-    segmentation_loss, hint_loss = DiceCELoss(), HintLoss()
+    segmentation_loss = DiceCELoss(ce_top_fraction=options.get("ce_top_fraction", 1.0))
+    reconstruction_loss, hint_loss = ReconstructionLoss(), HintLoss()
+
+    def augment() -> dict:
+        return transforms(**{k: v.copy() for k, v in raw.items()})
+
+    augmented = augment()
+    data = torch.from_numpy(augmented["data"]).to(device)
+    target = torch.from_numpy(augmented["seg"]).long().to(device)
 
     def step() -> None:
-        augmented = transforms(**{k: v.copy() for k, v in raw.items()})
-        data = torch.from_numpy(augmented["data"]).to(device)
-        target = torch.from_numpy(augmented["seg"]).long().to(device)
         out = student(data[:, :channels])
         total = segmentation_loss(out["out"], target)
-        if teacher is not None:
-            total = total + hint_loss(out["hints"], teacher(data[:, channels:])["hints"])
+        if teacher is not None:  # the teacher learns from its reconstruction only (the hint detaches its side)
+            real = data[:, channels:]
+            rebuilt = teacher(real)
+            total = total + reconstruction_loss(rebuilt["out"], real) + hint_loss(out["hints"], rebuilt["hints"])
         total.backward()
 
     tile = torch.randn(1, channels, *patch, device=device)
@@ -93,7 +102,8 @@ def distillation_seconds(plans: Plans, channels: int, num_classes: int, options:
 
     tiles = int(np.prod([len(compute_tile_starts(max(s, p), p, VALIDATION_STEP))
                          for s, p in zip(configuration.raw["median_image_size_in_voxels"], patch)]))
-    return iterations * seconds_per_call(step) + epochs * validation_volumes * tiles * seconds_per_call(forward)
+    iteration = seconds_per_call(augment, AUGMENTATION_REPEATS) + seconds_per_call(step)
+    return iterations * iteration + epochs * validation_volumes * tiles * seconds_per_call(forward)
 
 
 def estimate(stages: dict[str, tuple[Callable[[], float], bool]]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from osmedseg.errors import OsmError
 from osmedseg.io import Geometry
 from osmedseg.planning.planner import ExperimentPlanner
 from osmedseg.planning.plans import PLANS_FILE, load_plans, plans_path, save_plans
-from osmedseg.planning.topology import MIN_BOTTLENECK_EDGE, estimate_training_bytes
+from osmedseg.planning.topology import MIN_BOTTLENECK_EDGE, estimate_training_bytes, training_step_flops
 from osmedseg.utilities.class_lookup import find_class
 
 OBLIQUE = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]) @ np.array([[0.0, 0.0, 1.0],
@@ -311,3 +311,27 @@ def test_student_is_lean_only_when_every_atlas_structure_is_thick(thickness_mm, 
         fingerprint["cases"][0]["structure_thickness_mm"] = thickness_mm
     plans = ExperimentPlanner(fingerprint).plan()
     assert plans["configurations"]["segmentation"]["architecture"]["lean_full_resolution"] is lean
+
+
+def test_cpu_training_iterations_fit_the_compute_budget():
+    """On CPU a segmentation stage trains as many whole epochs as fit ``cpu_training_tflop``: a small dataset keeps
+    (nearly) the full schedule, 20 volumes of 100³ get fewer iterations of their larger patch; CUDA keeps it all."""
+    small = _plan(make_fingerprint([(1.0, 1.0, 1.0)] * 5, [(32, 32, 32)] * 5))["configurations"]["segmentation"]
+    large_fingerprint = make_fingerprint([(1.0, 1.0, 1.0)] * 20, [(100, 100, 100)] * 20)
+    large = _plan(large_fingerprint)["configurations"]["segmentation"]
+    gpu = _plan(large_fingerprint, gpu_memory_target_gb=40)["configurations"]["segmentation"]
+    assert small["training_iterations"] == ExperimentPlanner.training_iterations
+    assert gpu["training_iterations"] == ExperimentPlanner.training_iterations
+    assert 50 <= large["training_iterations"] < small["training_iterations"]
+    assert large["training_iterations"] % 50 == 0
+    step = training_step_flops(large["architecture"], large["patch_size"], large["batch_size"], 1, 2)
+    assert step * large["training_iterations"] <= ExperimentPlanner.cpu_training_tflop * 1e12
+    assert step * (large["training_iterations"] + 50) > ExperimentPlanner.cpu_training_tflop * 1e12  # whole epochs
+
+
+def test_training_step_flops_follow_the_network():
+    arch = {"features_per_stage": [8, 16, 32], "lean_full_resolution": False}
+    one = training_step_flops(arch, [16, 16, 16], 1, 1, 2)
+    assert training_step_flops(arch, [16, 16, 16], 2, 1, 2) == pytest.approx(2 * one)
+    assert training_step_flops(arch, [32, 16, 16], 1, 1, 2) == pytest.approx(2 * one, rel=0.01)
+    assert training_step_flops({**arch, "lean_full_resolution": True}, [16, 16, 16], 1, 1, 2) < 0.8 * one

@@ -38,3 +38,12 @@ def test_top_k_cross_entropy_is_the_default_and_recorded(tmp_path):
     assert stage.options["ce_top_fraction"] == 0.1
     assert stage.config()["ce_top_fraction"] == 0.1 and stage.config()["hint_warmup"] == 0.5
     assert "lambda_smooth" not in stage.config()  # each stage records only its own options
+
+
+@pytest.mark.parametrize("plans_iterations, epochs", [(350, 7), (30, 1), (None, DistillationStage.default_epochs)])
+def test_epochs_come_from_the_plans_when_none_are_given(tmp_path, plans_iterations, epochs):
+    segmentation = SimpleNamespace(training_iterations=plans_iterations)
+    stage = DistillationStage(run_folder=RunFolder(str(tmp_path)), plans=SimpleNamespace(segmentation=segmentation),
+                              dataset_json={}, preprocessed_dataset_folder=str(tmp_path), caches=None)
+    assert stage.epochs == epochs
+    assert _stage(tmp_path).epochs == 4  # --epochs wins

@@ -42,7 +42,7 @@ def summarize(plans: Plans) -> str:
         f"{reg.levels} levels",
         f"  segmentation: spacing {[round(s, 3) for s in seg.spacing]} mm, patch {seg.patch_size}, batch "
         f"{seg.batch_size}, {len(seg.architecture['strides'])} stages, features "
-        f"{seg.architecture['features_per_stage']}",
+        f"{seg.architecture['features_per_stage']}, {seg.training_iterations} training iterations",
         f"  normalization: {json.dumps(seg.normalization_schemes)} mask {seg.use_mask_for_norm}",
     ])
 

@@ -33,15 +33,18 @@ STUDENT_ROWS = (("student without hint", "OSMedSegTrainer_NoHint"), ("student wi
 APPROXIMATE = ("EFSMedSegTrainer",)  # re-implemented from an abstract: no public code to check against (METHODS 4)
 
 
-def run(command: list[str]) -> float:
-    """Run one CLI command (output streamed), fail loudly, return its wall time in seconds.
+def console_script(name: str) -> str:
+    """The console script ``name`` from beside this interpreter (so an unactivated virtual environment works too),
+    else ``name`` on the PATH."""
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    return script if os.path.isfile(script) else name
 
-    The console script is taken from beside this interpreter, so an unactivated virtual environment works too.
-    """
+
+def run(command: list[str]) -> float:
+    """Run one CLI command (output streamed), fail loudly, return its wall time in seconds."""
     print("$ " + " ".join(command), flush=True)
-    script = os.path.join(os.path.dirname(sys.executable), command[0])
     start = time.time()
-    result = subprocess.run([script if os.path.isfile(script) else command[0], *command[1:]])
+    result = subprocess.run([console_script(command[0]), *command[1:]])
     if result.returncode != 0:
         sys.exit(f"command failed with exit code {result.returncode}: {' '.join(command)}")
     return time.time() - start

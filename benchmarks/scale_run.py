@@ -27,6 +27,9 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quality import console_script  # noqa: E402
+
 SHARED_TRUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "prostate_trus")
 ESTIMATE = re.compile(r"estimated training time: ([0-9.]+) min")
 
@@ -74,13 +77,11 @@ def write_resampled_source(source: str, target: str, voxels: float, label_channe
 
 
 def run(command: list[str], log: str | None = None) -> tuple[float, str]:
-    """Run a console script from beside this interpreter; return its wall time and output (echoed, and kept in
-    ``log``). Exits on failure."""
+    """Run one CLI command like ``quality.run``, also returning its output (echoed, and kept in ``log``)."""
     print("$ " + " ".join(command), flush=True)
-    script = os.path.join(os.path.dirname(sys.executable), command[0])
     start = time.time()
-    process = subprocess.Popen([script if os.path.isfile(script) else command[0], *command[1:]],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([console_script(command[0]), *command[1:]], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in process.stdout:
         print(line, end="", flush=True)

@@ -12,37 +12,19 @@ worse one on this data.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
+import sys
 
 import numpy as np
-import torch
 
+from osmedseg.dataset.cases import group_channel_files
 from osmedseg.inference.registration_predictor import RegistrationCase, RegistrationPredictor
 from osmedseg.io import read_image, read_label
-from osmedseg.preprocessing.registration_preprocessor import preprocess_into_grid
-from osmedseg.registration.losses import LocalNCC
-from osmedseg.registration.spatial_transformer import warp
-from osmedseg.run_folder import RunFolder
+from osmedseg.run_folder import DATASET_JSON, RunFolder
+from osmedseg.training.registration_quality import masked_similarity
 
-
-def mean_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Mean Dice over the reference's foreground labels."""
-    labels = [v for v in np.unique(reference) if v > 0]
-    scores = [2 * np.sum((prediction == v) & (reference == v)) / max(1, np.sum(prediction == v) + np.sum(reference == v))
-              for v in labels]
-    return float(np.mean(scores))
-
-
-@torch.inference_mode()
-def similarity(predictor: RegistrationPredictor, target: np.ndarray, target_view: np.ndarray,
-               flow: torch.Tensor) -> float:
-    """Local NCC (1 = identical) of the atlas warped by ``flow`` with ``target`` on the registration grid, inside
-    the target's field of view and the warped atlas's (its nonzero voxels: normalisation zeroes the outside)."""
-    atlas = predictor.registration.atlas_grid
-    atlas_view = (atlas[:, :1] != 0).float()
-    overlap = torch.from_numpy(target_view).float()[None, None] * (warp(atlas_view, flow) > 0.5)
-    return 1.0 - float(LocalNCC()(warp(atlas, flow), torch.from_numpy(target)[None], overlap))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from precision_agreement import mean_foreground_dice  # noqa: E402
 
 
 def main() -> None:
@@ -51,22 +33,27 @@ def main() -> None:
     parser.add_argument("-raw", required=True, help="raw dataset folder (imagesTs, labelsTs)")
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
     args = parser.parse_args()
-    predictor = RegistrationPredictor(RunFolder(args.m))
+    run = RunFolder(args.m)
+    dataset = run.load_json(DATASET_JSON)
+    labels = [int(v) for v in dataset["labels"].values() if int(v) != 0]
+    cases = group_channel_files(os.path.join(args.raw, "imagesTs"), dataset["file_ending"],
+                                len(dataset["channel_names"]))
+    predictor = RegistrationPredictor(run)
+    atlas = predictor.registration.atlas_grid[0]
+    atlas_view = atlas[0].cpu().numpy() != 0  # the atlas's field of view: normalisation zeroes the outside
     dice = {s: [] for s in args.strengths}
     ncc = {s: [] for s in args.strengths}
-    for image_file in sorted(glob.glob(os.path.join(args.raw, "imagesTs", "*_0000.nii.gz"))):
-        case_id = os.path.basename(image_file)[: -len("_0000.nii.gz")]
-        image, geometry = read_image([image_file])
-        reference, _ = read_label(os.path.join(args.raw, "labelsTs", f"{case_id}.nii.gz"))
+    for case_id in sorted(cases):
+        image, geometry = read_image(cases[case_id])
+        reference, _ = read_label(os.path.join(args.raw, "labelsTs", case_id + dataset["file_ending"]))
         case = predictor.prepare(image, geometry)
-        grid = preprocess_into_grid(image, geometry, predictor.plans.registration, predictor.plans.intensity_properties,
-                                    case.alignment)
-        flow = predictor.flow(case.grid)
+        flow = predictor.flow(case.grid.data)
         for strength in args.strengths:
             scaled = flow * strength
             label, _ = predictor.finish(RegistrationCase(case.geometry, case.shape, case.alignment, flow=scaled))
-            dice[strength].append(mean_dice(label, reference))
-            ncc[strength].append(similarity(predictor, grid.data, grid.field_of_view, scaled))
+            dice[strength].append(mean_foreground_dice(reference, label, labels, geometry.spacing))
+            ncc[strength].append(masked_similarity(atlas, atlas_view, case.grid.data, case.grid.field_of_view,
+                                                   scaled))
         print(case_id, " ".join(f"x{s:g}: Dice {dice[s][-1]:.3f} NCC {ncc[s][-1]:.3f}" for s in args.strengths),
               flush=True)
     print("\n| warp strength | test Dice | label-free similarity (local NCC) |\n|---|---|---|")

@@ -10,7 +10,7 @@ import torch
 from osmedseg.inference.predictor import check_channel_count
 from osmedseg.io import Geometry
 from osmedseg.preprocessing.affine_alignment import AlignmentResult, align_to_atlas
-from osmedseg.preprocessing.registration_preprocessor import preprocess_into_grid
+from osmedseg.preprocessing.registration_preprocessor import GridVolume, preprocess_into_grid
 from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.registration.trained import TrainedRegistration
 from osmedseg.run_folder import RunFolder
@@ -24,7 +24,7 @@ class RegistrationCase:
     geometry: Geometry
     shape: tuple[int, ...]
     alignment: AlignmentResult
-    grid: np.ndarray | None = None
+    grid: GridVolume | None = None
     flow: torch.Tensor | None = None
 
 
@@ -54,11 +54,11 @@ class RegistrationPredictor:
             print(f"WARNING: affine alignment to the atlas failed ({alignment.message}); the result is unreliable",
                   file=sys.stderr)
         grid = preprocess_into_grid(image, geometry, configuration, self.plans.intensity_properties, alignment)
-        return RegistrationCase(geometry, image.shape[1:], alignment, grid.data)
+        return RegistrationCase(geometry, image.shape[1:], alignment, grid)
 
     def run(self, case: RegistrationCase) -> RegistrationCase:
         """The atlas -> input flow (zero for ``affine``)."""
-        return RegistrationCase(case.geometry, case.shape, case.alignment, flow=self.flow(case.grid))
+        return RegistrationCase(case.geometry, case.shape, case.alignment, flow=self.flow(case.grid.data))
 
     def flow(self, target_grid: np.ndarray) -> torch.Tensor:
         """Displacement (1 x 3 x grid, voxels) that warps the atlas onto a target on the registration grid."""

@@ -23,15 +23,21 @@ SHEET_PAIRS = 3
 
 
 @torch.inference_mode()
-def warped_similarity(atlas: torch.Tensor, volumes: RegistrationVolumes, case_id: str, flow: torch.Tensor) -> float:
-    """Local NCC (1 = perfect) of the atlas (C x D x H x W on the grid) warped by ``flow`` with a volume, inside
-    both fields of view."""
+def masked_similarity(atlas: torch.Tensor, atlas_view: np.ndarray, target: np.ndarray, target_view: np.ndarray,
+                      flow: torch.Tensor) -> float:
+    """Local NCC (1 = perfect) of the atlas (C x D x H x W on the grid) warped by ``flow`` with ``target``
+    (C x D x H x W), inside the target's field of view ``target_view`` and the warped atlas's ``atlas_view``."""
     device = flow.device
-    target = torch.from_numpy(volumes.image(case_id))[None].to(device)
-    atlas_view = torch.from_numpy(volumes.field_of_view(volumes.atlas_id))[None, None].to(device, torch.float32)
-    target_view = torch.from_numpy(volumes.field_of_view(case_id))[None, None].to(device, torch.float32)
+    atlas_view = torch.from_numpy(atlas_view)[None, None].to(device, torch.float32)
+    target_view = torch.from_numpy(target_view)[None, None].to(device, torch.float32)
     overlap = target_view * (warp(atlas_view, flow) > 0.5)
-    return 1.0 - float(LocalNCC()(warp(atlas[None], flow), target, overlap))
+    return 1.0 - float(LocalNCC()(warp(atlas[None], flow), torch.from_numpy(target)[None].to(device), overlap))
+
+
+def warped_similarity(atlas: torch.Tensor, volumes: RegistrationVolumes, case_id: str, flow: torch.Tensor) -> float:
+    """``masked_similarity`` of the atlas with a cached volume, inside both fields of view."""
+    return masked_similarity(atlas, volumes.field_of_view(volumes.atlas_id), volumes.image(case_id),
+                             volumes.field_of_view(case_id), flow)
 
 
 def write_registration_quality(registration: TrainedRegistration, volumes: RegistrationVolumes, folder: str,

@@ -223,15 +223,17 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
     else:
         from osmedseg.inference.export import export_bytes, export_prediction
         from osmedseg.inference.memory import TileBatchPlanner
+        from osmedseg.inference.predictor import sliding_window_network
         from osmedseg.inference.sliding_window import predict_sliding_window
         from osmedseg.io import Geometry
 
         properties = {"geometry": Geometry.identity((spacing,) * 3).to_dict(), "shape_before_cropping": shape,
                       "bbox_used_for_cropping": bbox, "shape_after_cropping": shape,
                       "spacing_after_resampling": [1.0, 1.0, 1.0], "shape_after_resampling": list(args.shape)}
-        network_fn = (lambda x: network(x)["out"]) if method in STUDENTS else (lambda x: network(x))
+        network_fn, linear_head = sliding_window_network(network) if method in STUDENTS else (network, None)
         planner = TileBatchPlanner(network_fn, 1, patch, args.classes, device, compute_dtype(device, args.precision),
-                                   limit=args.tile_batch_size)
+                                   limit=args.tile_batch_size,
+                                   head_channels=None if linear_head is None else linear_head.in_channels)
         memory = planner.estimate(image.shape, export_bytes(args.classes, properties))  # the warm-up: one tile
         tile_batch_size = planner.tile_batch(memory)
 
@@ -239,7 +241,7 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
             return predict_sliding_window(network_fn, image, patch, args.classes, step_size=args.step_size,
                                           tile_batch_size=tile_batch_size, use_gaussian=True,
                                           mirror_axes=(0, 1, 2) if tta else None, device=device,
-                                          precision=args.precision)
+                                          precision=args.precision, linear_head=linear_head)
 
         def export(logits):
             return export_prediction(logits, properties)[0]

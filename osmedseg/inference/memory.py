@@ -1,8 +1,8 @@
 """Memory of a prediction: the tensors it holds, its peak estimated before it runs, and the tile batch that fits.
 
-The peak of a sliding-window prediction is a fixed part (padded input, the class accumulator, the weight sum, the
-export's label map) plus a part per tile in a forward pass (the network's activations for one tile, its logits and
-their converted copy). The network's share is measured once per network and patch by running one tile under
+The peak of a sliding-window prediction is a fixed part (padded input, the accumulator of classes or, with a linear
+head, of features and then the classes, the weight sum, the export's label map) plus a part per tile in a forward
+pass (the network's activations for one tile, its output and their converted copy). The network's share is measured once per network and patch by running one tile under
 ``TensorMemoryTracker``, which sums the bytes of every tensor storage created and not yet freed, op by op.
 """
 from __future__ import annotations
@@ -82,22 +82,26 @@ class WindowMemory:
 
 
 def window_memory(image_shape: Sequence[int], patch: Sequence[int], num_classes: int, network_dtype: torch.dtype,
-                  forward_bytes: int, export_bytes: int = 0) -> WindowMemory:
+                  forward_bytes: int, export_bytes: int = 0, head_channels: int | None = None) -> WindowMemory:
     """The estimate for a ``(C, *spatial)`` input: what ``predict_sliding_window`` allocates, plus ``export_bytes``.
 
-    ``forward_bytes`` is ``tile_forward_bytes`` of the network at this patch and dtype.
+    ``forward_bytes`` is ``tile_forward_bytes`` of the network at this patch and dtype; ``head_channels`` the input
+    channels of its ``linear_head``, when the window averages features and classifies them at the end.
     """
     channels, spatial = image_shape[0], image_shape[1:]
     padded = math.prod(max(s, p) for s, p in zip(spatial, patch))
     tile = math.prod(patch)
     accumulate = accumulation_dtype(network_dtype).itemsize
+    averaged = num_classes if head_channels is None else head_channels
+    classified = 0 if head_channels is None else num_classes * (math.prod(spatial) + tile) * accumulate
     fixed = (channels * padded * INPUT_BYTES            # padded float32 input
-             + num_classes * padded * accumulate         # class accumulator
+             + averaged * padded * accumulate            # accumulator
              + padded * 4                                # weight sum
              + tile * (4 + 4 + 4 + accumulate)           # Gaussian map, a tile's share of the mean (and its steps)
-             + num_classes * tile * accumulate)          # a flipped tile's logits
+             + averaged * tile * accumulate              # a flipped tile's output
+             + classified)                               # the linear head's logits, and a slab of them
     fixed += export_bytes
-    per_tile = 2 * channels * tile * INPUT_BYTES + forward_bytes + num_classes * tile * accumulate
+    per_tile = 2 * channels * tile * INPUT_BYTES + forward_bytes + averaged * tile * accumulate
     return WindowMemory(fixed, per_tile)
 
 
@@ -150,15 +154,15 @@ class TileBatchPlanner:
 
     One tile's forward pass is measured on the first call (it doubles as the warm-up). ``budget`` None means the
     device's available memory at each call; ``limit`` None the device's ``MAX_TILE_BATCH``. A given ``limit`` is
-    lowered, with a notice, when its estimate would not fit.
+    lowered, with a notice, when its estimate would not fit. ``head_channels`` as in ``window_memory``.
     """
 
     def __init__(self, network_fn: Callable[[torch.Tensor], torch.Tensor], in_channels: int, patch: Sequence[int],
                  num_classes: int, device: torch.device, network_dtype: torch.dtype, budget: int | None = None,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, head_channels: int | None = None) -> None:
         self.network_fn, self.in_channels, self.patch = network_fn, in_channels, tuple(patch)
         self.num_classes, self.device, self.network_dtype = num_classes, device, network_dtype
-        self.budget, self.limit = budget, limit
+        self.budget, self.limit, self.head_channels = budget, limit, head_channels
         self._forward_bytes: int | None = None
 
     def estimate(self, image_shape: Sequence[int], export_bytes: int = 0) -> WindowMemory:
@@ -167,7 +171,7 @@ class TileBatchPlanner:
             self._forward_bytes = tile_forward_bytes(self.network_fn, self.in_channels, self.patch, self.device,
                                                      self.network_dtype)
         return window_memory(image_shape, self.patch, self.num_classes, self.network_dtype, self._forward_bytes,
-                             export_bytes)
+                             export_bytes, self.head_channels)
 
     def tile_batch(self, memory: WindowMemory) -> int:
         """The most tiles per pass that fit; 1, with a warning, when even one tile's estimate exceeds the budget."""

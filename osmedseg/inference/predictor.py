@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from typing import Callable
+
 import numpy as np
 import torch
+from torch import nn
 
 from osmedseg.errors import OsmError
 from osmedseg.io import Geometry, read_image, write_label
 from osmedseg.networks.saved import build_saved_network
+from osmedseg.networks.unet import StudentUNet
 from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
 from osmedseg.inference.export import export_bytes, export_prediction
@@ -27,6 +31,14 @@ def check_channel_count(image: np.ndarray, expected: int, name: str) -> None:
     if image.shape[0] != expected:
         raise OsmError(f"{name}: {image.shape[0]} channel(s) given, the model expects {expected} "
                        f"(files <case>_0000 ... _{expected - 1:04d})")
+
+
+def sliding_window_network(network: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module | None]:
+    """What the sliding window runs, and its ``linear_head``: a student U-Net's penultimate features and its 1x1
+    classifier (classified once per voxel after averaging), any other network's logits and None."""
+    if isinstance(network, StudentUNet):
+        return (lambda x: network.features(x)["penultimate"]), network.classifier
+    return (lambda x: network(x)["out"]), None
 
 
 @dataclass
@@ -76,9 +88,11 @@ class Predictor:
         self.step_size = step_size
         self.mirror_axes = tuple(self.configuration.mirror_axes) if use_mirroring else None
         self.precision = precision
-        self.planner = TileBatchPlanner(self._network_output, self.num_channels, self.configuration.patch_size,
+        self.network_fn, self.linear_head = sliding_window_network(self.network)
+        self.planner = TileBatchPlanner(self.network_fn, self.num_channels, self.configuration.patch_size,
                                         self.num_classes, self.device, compute_dtype(self.device, precision),
-                                        memory_budget, tile_batch_size)
+                                        memory_budget, tile_batch_size,
+                                        None if self.linear_head is None else self.linear_head.in_channels)
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         check_channel_count(image, self.num_channels, name)
@@ -88,17 +102,14 @@ class Predictor:
         data, _, properties = preprocess_image(image, geometry, self.configuration, self.plans.intensity_properties)
         return data, properties
 
-    def _network_output(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x)["out"]
-
     def predict_logits(self, data: np.ndarray, tile_batch_size: int) -> torch.Tensor:
         """``(K, ...)`` logits of a preprocessed ``(C, ...)`` volume (float16 under reduced precision)."""
         image = torch.from_numpy(data)
         if self.device.type == "cuda":
             image = image.pin_memory()
-        return predict_sliding_window(self._network_output, image, self.configuration.patch_size, self.num_classes,
+        return predict_sliding_window(self.network_fn, image, self.configuration.patch_size, self.num_classes,
                                       self.step_size, tile_batch_size, mirror_axes=self.mirror_axes,
-                                      device=self.device, precision=self.precision)
+                                      device=self.device, precision=self.precision, linear_head=self.linear_head)
 
     def predict_file(self, image_files: list[str], output_file: str) -> np.ndarray:
         """Segment one case from its channel files and write the label map (atomically) in the input's geometry."""

@@ -4,6 +4,12 @@ Follows nnU-Net's tiling (pad to at least the patch, `ceil((size - patch) / (ste
 per axis, Gaussian importance map with sigma = patch / 8, all flip combinations for TTA) but runs `tile_batch_size`
 network inputs per forward pass, mixing tiles and their flipped copies. A float32 network accumulates in float32; a
 reduced-precision one (bfloat16 on CPUs that have it, float16 on CUDA) accumulates in float16, half the memory.
+
+A network whose classifier is a 1x1 convolution (the student) can hand it over as ``linear_head``: the window then
+averages the classifier's input features and classifies each voxel once at the end. That is the same result, since
+an affine map commutes with a weighted mean whose weights sum to one, at a fraction of the cost when there are more
+classes than features: the classifier runs once per voxel instead of once per tile and flip, and the accumulator
+holds the features instead of the classes.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from osmedseg.inference.precision import accumulation_dtype, autocast, compute_dtype
@@ -122,14 +129,17 @@ def predict_sliding_window(
     progress: bool = False,
     return_probabilities: bool = False,
     precision: str = "auto",
+    linear_head: nn.Module | None = None,
 ) -> torch.Tensor:
     """Predict a whole (C, Z, Y, X) image tile by tile; returns (K, Z, Y, X) logits (or softmax probabilities).
 
     `network_fn` maps a (B, C, *patch) batch to (B, K, *patch) logits; put the model in eval mode and unwrap dict
-    outputs in it (e.g. `lambda x: model(x)["out"]`). `mirror_axes` are spatial axes (0 = Z) whose flip combinations
-    are averaged (None or () for no TTA). `precision` (`precision.PRECISIONS`) picks the network's autocast dtype;
-    the result is float32 with a float32 network and float16 otherwise. It lives on `device` (default: the
-    image's), or on the CPU if the accumulation buffers did not fit there.
+    outputs in it (e.g. `lambda x: model(x)["out"]`). With `linear_head` (a 1x1 convolution to the K classes),
+    `network_fn` returns that convolution's input features instead, which are averaged and then classified.
+    `mirror_axes` are spatial axes (0 = Z) whose flip combinations are averaged (None or () for no TTA).
+    `precision` (`precision.PRECISIONS`) picks the network's autocast dtype; the result is float32 with a float32
+    network and float16 otherwise. It lives on `device` (default: the image's), or on the CPU if the accumulation
+    buffers did not fit there.
     """
     image = torch.as_tensor(image)
     patch = tuple(int(p) for p in patch_size)
@@ -142,10 +152,11 @@ def predict_sliding_window(
     flips = _flips(mirror_axes, len(patch))
     padded, crop = _pad_to_patch(image.to(device=device, dtype=torch.float32), patch)
     tiles = _tiles(padded.shape[1:], patch, step_size)
-    logits = _zeros((num_classes, *padded.shape[1:]), device, accumulation_dtype(network_dtype))
-    weight = (gaussian_importance_map(patch, device=logits.device) if use_gaussian
-              else torch.ones(patch, device=logits.device))
-    weight_sum = _zeros(padded.shape[1:], logits.device, torch.float32)
+    channels = num_classes if linear_head is None else _linear_head_channels(linear_head, num_classes, len(patch))
+    mean = _zeros((channels, *padded.shape[1:]), device, accumulation_dtype(network_dtype))
+    weight = (gaussian_importance_map(patch, device=mean.device) if use_gaussian
+              else torch.ones(patch, device=mean.device))
+    weight_sum = _zeros(padded.shape[1:], mean.device, torch.float32)
     for tile in tiles:
         weight_sum[tile] += weight
     jobs = [(tile, flip) for tile in tiles for flip in flips]
@@ -156,18 +167,52 @@ def predict_sliding_window(
             batch = torch.stack([_flip(padded[(slice(None), *tile)], flip) for tile, flip in chunk])
             with autocast(device, network_dtype):
                 prediction = network_fn(batch)
-            if prediction.shape != (len(chunk), num_classes, *patch):
+            if prediction.shape != (len(chunk), channels, *patch):
                 raise ValueError(
                     f"network_fn returned {tuple(prediction.shape)} for a {tuple(batch.shape)} batch; "
-                    f"expected {num_classes} channels at the patch size"
+                    f"expected {channels} channels at the patch size"
                 )
             del batch
-            if logits.dtype == torch.float16 and _largest_magnitude(prediction) > FLOAT16_SAFE_LOGIT:
-                with torch.inference_mode(False):  # float16 would overflow
-                    logits = logits.float()
-            prediction = prediction.to(device=logits.device, dtype=logits.dtype)
-            for (tile, flip), tile_logits in zip(chunk, prediction):
-                logits[(slice(None), *tile)].addcmul_(_flip(tile_logits, flip), fraction(tile, logits.dtype))
+            mean = _widened_if_needed(mean, prediction)
+            prediction = prediction.to(device=mean.device, dtype=mean.dtype)
+            for (tile, flip), tile_output in zip(chunk, prediction):
+                mean[(slice(None), *tile)].addcmul_(_flip(tile_output, flip), fraction(tile, mean.dtype))
             del prediction
-    logits = logits[(slice(None), *crop)]
+    mean = mean[(slice(None), *crop)]
+    logits = mean if linear_head is None else _classify(linear_head, mean, math.prod(patch))
     return torch.softmax(logits, dim=0) if return_probabilities else logits
+
+
+def _linear_head_channels(linear_head: nn.Module, num_classes: int, dims: int) -> int:
+    """The input channels of a 1x1 convolution to ``num_classes`` classes; ValueError for anything else."""
+    kernel = getattr(linear_head, "kernel_size", None)
+    if kernel != (1,) * dims or linear_head.out_channels != num_classes:
+        raise ValueError(f"linear_head must be a {dims}D 1x1 convolution to {num_classes} classes, got {linear_head}")
+    return linear_head.in_channels
+
+
+def _widened_if_needed(buffer: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``buffer``, or a float32 copy of it where ``values`` would overflow its float16."""
+    if buffer.dtype == torch.float16 and _largest_magnitude(values) > FLOAT16_SAFE_LOGIT:
+        with torch.inference_mode(False):
+            return buffer.float()
+    return buffer
+
+
+def _classify(linear_head: nn.Module, features: torch.Tensor, slab_voxels: int) -> torch.Tensor:
+    """``linear_head`` applied to averaged ``(C, Z, ...)`` features, about ``slab_voxels`` voxels at a time, in
+    float32 on the head's device; the logits stay on the features' device, in their dtype.
+
+    Float32, not the network's reduced precision: the logits are rounded once, here, instead of once per tile and
+    flip, so bfloat16's coarse steps (0.125 at 16) would no longer average out over the tiles and flip near-ties.
+    """
+    head_device = next(linear_head.parameters()).device
+    logits = torch.empty((linear_head.out_channels, *features.shape[1:]), dtype=features.dtype,
+                         device=features.device)
+    thickness = max(1, slab_voxels // math.prod(features.shape[2:]))
+    with torch.inference_mode():
+        for start in range(0, features.shape[1], thickness):
+            slab = linear_head(features[:, start:start + thickness][None].to(head_device, torch.float32))[0]
+            logits = _widened_if_needed(logits, slab)
+            logits[:, start:start + thickness] = slab
+    return logits

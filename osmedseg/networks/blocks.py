@@ -4,11 +4,13 @@ The number of spatial dimensions of a block is the length of its kernel (or stri
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from osmedseg.errors import OsmError
@@ -16,7 +18,7 @@ from osmedseg.errors import OsmError
 NORMS = ("instance", "batch", "group", "layer")
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_TRANSPOSED = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_MAX_POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 _INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _BATCH_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
@@ -64,9 +66,47 @@ def conv(in_channels: int, out_channels: int, kernel: Sequence[int]) -> nn.Modul
     return _CONV[_dims(kernel)](in_channels, out_channels, tuple(kernel), padding=tuple(k // 2 for k in kernel))
 
 
-def max_pool(stride: Sequence[int]) -> nn.Module:
-    """Max-pooling by `stride` per axis; ceil mode so odd sizes keep their last row."""
-    return _MAX_POOL[_dims(stride)](tuple(stride), tuple(stride), ceil_mode=True)
+class MaxPool(nn.Module):
+    """Max-pooling by `stride` per axis (window = stride), ceil mode so odd sizes keep their last row.
+
+    Without autograd (inference) the maxima are taken as elementwise maxima of strided views, one axis at a time:
+    the same values as ``max_pool3d`` at a quarter of its time on CPU, where the library kernel also computes the
+    argmax indices and copies channels-last inputs. With autograd the library kernel runs, whose backward sends a
+    tie's gradient to one input.
+    """
+
+    def __init__(self, stride: Sequence[int]) -> None:
+        super().__init__()
+        self.stride = tuple(int(s) for s in stride)
+        self.dims = _dims(self.stride)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _MAX_POOL[self.dims](x, self.stride, self.stride, ceil_mode=True)
+        for axis, step in enumerate(self.stride, start=x.dim() - self.dims):
+            if step > 1:
+                x = _strided_maximum(x, axis, step)
+        return x
+
+
+def _strided_maximum(x: torch.Tensor, axis: int, step: int) -> torch.Tensor:
+    """Maximum over consecutive windows of ``step`` along ``axis``; where the size is not a multiple of ``step`` the
+    last window is shorter, as in ceil-mode pooling."""
+    size = x.shape[axis]
+    whole = size - size % step
+
+    def view(start: int) -> torch.Tensor:
+        index = [slice(None)] * x.dim()
+        index[axis] = slice(start, whole, step)
+        return x[tuple(index)]
+
+    result = functools.reduce(torch.maximum, (view(i) for i in range(1, step)), view(0))
+    if whole == size:
+        return result
+    return torch.cat([result, x.narrow(axis, whole, size - whole).amax(dim=axis, keepdim=True)], dim=axis)
 
 
 def up_kernel(stride: Sequence[int]) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from osmedseg.networks.blocks import LayerSpec, ResidualUnit, max_pool
+from osmedseg.networks.blocks import LayerSpec, MaxPool, ResidualUnit
 from osmedseg.networks.sam_encoder import LayerNorm2d
 
 LIGHT_WIDTHS = (32, 64, 128, 256)
@@ -28,10 +28,10 @@ class LightImageEncoder(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, first, 3, stride=2, padding=1), _NORM.make_norm(first, 2), nn.PReLU())
         self.stages = nn.ModuleList([
             ResidualUnit(_NORM, first, first, _KERNEL),
-            nn.Sequential(max_pool((2, 2)), ResidualUnit(_NORM, first, second, _KERNEL)),
-            nn.Sequential(max_pool((2, 2)), ResidualUnit(_NORM, second, third, _KERNEL),
+            nn.Sequential(MaxPool((2, 2)), ResidualUnit(_NORM, first, second, _KERNEL)),
+            nn.Sequential(MaxPool((2, 2)), ResidualUnit(_NORM, second, third, _KERNEL),
                           ResidualUnit(_NORM, third, third, _KERNEL)),
-            nn.Sequential(max_pool((2, 2)), ResidualUnit(_NORM, third, fourth, _KERNEL),
+            nn.Sequential(MaxPool((2, 2)), ResidualUnit(_NORM, third, fourth, _KERNEL),
                           ResidualUnit(_NORM, fourth, fourth, _KERNEL)),
         ])
         self.neck = nn.Sequential(nn.Conv2d(fourth, out_channels, 1, bias=False), LayerNorm2d(out_channels))

@@ -22,7 +22,7 @@ from torch import nn
 
 from osmedseg.errors import OsmError
 from osmedseg.networks.arch import UNetArch
-from osmedseg.networks.blocks import ConvUnit, DoubleConv, ResidualUnit, conv, max_pool, up_kernel
+from osmedseg.networks.blocks import ConvUnit, DoubleConv, MaxPool, ResidualUnit, conv, up_kernel
 
 NetworkOutput = dict[str, Any]
 
@@ -42,7 +42,7 @@ class UNet(nn.Module):
             raise OsmError(f"hint_layers must be in 0..{n - 1} for a {n}-stage network, got {hint_layers}")
         block = ResidualUnit if residual else DoubleConv
         self.arch, self.in_channels, self.hint_layers = arch, in_channels, hint_layers
-        self.pools = nn.ModuleList(max_pool(arch.strides[s]) for s in range(1, n))
+        self.pools = nn.ModuleList(MaxPool(arch.strides[s]) for s in range(1, n))
         self.encoder = nn.ModuleList(
             (ConvUnit if s == 0 and arch.lean_full_resolution else block)(
                 spec, in_channels if s == 0 else f[s - 1], f[s], arch.kernel_sizes[s]) for s in range(n - 1)
@@ -131,15 +131,24 @@ class StudentUNet(UNet):
             conv(f0, num_classes, (1,) * self.arch.dims),
         )
 
+    @property
+    def classifier(self) -> nn.Module:
+        """The 1x1 conv from the penultimate features to the logits: an affine map per voxel."""
+        return self.head[1]
+
+    def features(self, x: torch.Tensor) -> NetworkOutput:
+        """``forward`` without the classifier: everything but 'out'."""
+        skips, bottom = self.encode(x)
+        feature, hints = self.decode(bottom, skips)
+        return {"hints": hints, "feature": feature, "penultimate": self.head[0](feature), "skips": skips,
+                "bottom": bottom}
+
     def forward(self, x: torch.Tensor) -> NetworkOutput:
         """{'out': logits (B, K, ...), 'hints': decoder features, 'feature': the last decoder feature,
         'penultimate': the input to the 1x1 classifier, 'skips' and 'bottom': the encoder's outputs (for a second
         decoder on the same encoder)}."""
-        skips, bottom = self.encode(x)
-        feature, hints = self.decode(bottom, skips)
-        penultimate = self.head[0](feature)
-        return {"out": self.head[1](penultimate), "hints": hints, "feature": feature, "penultimate": penultimate,
-                "skips": skips, "bottom": bottom}
+        features = self.features(x)
+        return {"out": self.classifier(features["penultimate"]), **features}
 
 
 class TeacherUNet(UNet):

@@ -14,6 +14,7 @@ from osmedseg.inference.export import export_bytes, export_prediction
 from osmedseg.inference.memory import (HEAP_MARGIN, KERNEL_CACHE_BYTES, TensorMemoryTracker, WindowMemory,
                                        choose_tile_batch, tile_forward_bytes, window_memory)
 from osmedseg.inference.precision import compute_dtype
+from osmedseg.inference.predictor import sliding_window_network
 from osmedseg.inference.sliding_window import predict_sliding_window
 from osmedseg.io import Geometry
 from osmedseg.networks import StudentUNet
@@ -45,26 +46,28 @@ def test_tracker_counts_the_storages_alive_at_each_operator():
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("tile_batch_size", [1, 3])
-def test_estimate_bounds_the_tracked_peak_of_window_and_export(precision, tile_batch_size):
+@pytest.mark.parametrize("with_linear_head", [False, True])
+def test_estimate_bounds_the_tracked_peak_of_window_and_export(precision, tile_batch_size, with_linear_head):
     torch.manual_seed(0)
     network = StudentUNet(1, 6, {"features_per_stage": [4, 8, 16]}, hint_layers=0).eval()
-    network_fn = lambda x: network(x)["out"]  # noqa: E731
+    network_fn, linear_head = (sliding_window_network(network) if with_linear_head
+                               else (lambda x: network(x)["out"], None))
     image = torch.randn(1, 30, 40, 35)
     dtype = compute_dtype("cpu", precision)
     properties = _properties(tuple(image.shape[1:]))
     estimate = window_memory(image.shape, PATCH, 6, dtype,
                              tile_forward_bytes(network_fn, 1, PATCH, torch.device("cpu"), dtype),
-                             export_bytes(6, properties))
+                             export_bytes(6, properties), 4 if with_linear_head else None)
     with TensorMemoryTracker() as tracker:
         logits = predict_sliding_window(network_fn, image, PATCH, 6, tile_batch_size=tile_batch_size,
-                                        mirror_axes=(0, 1), precision=precision)
+                                        mirror_axes=(0, 1), precision=precision, linear_head=linear_head)
         export_prediction(logits, properties)
     assert tracker.peak <= estimate.peak(tile_batch_size) - KERNEL_CACHE_BYTES <= 2.5 * tracker.peak
 
 
 def test_estimate_bounds_the_measured_peak_rss():
-    """In a fresh process: the rise of the peak resident memory over the prediction (with mirroring) stays below the
-    estimate."""
+    """In a fresh process: the rise of the peak resident memory over the prediction (with mirroring, the predictor's
+    route: features averaged, then classified) stays below the estimate."""
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux's /proc to reset and read the peak resident memory")
     script = textwrap.dedent("""
@@ -72,6 +75,7 @@ def test_estimate_bounds_the_measured_peak_rss():
         from osmedseg.inference.export import export_bytes, export_prediction
         from osmedseg.inference.memory import tile_forward_bytes, window_memory
         from osmedseg.inference.precision import compute_dtype
+        from osmedseg.inference.predictor import sliding_window_network
         from osmedseg.inference.sliding_window import predict_sliding_window
         from osmedseg.networks import StudentUNet
         from tests.inference.test_memory import _properties
@@ -82,15 +86,17 @@ def test_estimate_bounds_the_measured_peak_rss():
 
         torch.manual_seed(0)
         network = StudentUNet(1, 12, {"features_per_stage": [8, 16, 32]}, hint_layers=0).eval()
-        network_fn = lambda x: network(x)["out"]
+        network_fn, linear_head = sliding_window_network(network)
         image, patch, dtype = torch.randn(1, 80, 96, 80), (48, 64, 48), compute_dtype("cpu", "auto")
         properties = _properties(tuple(image.shape[1:]))
         forward = tile_forward_bytes(network_fn, 1, patch, torch.device("cpu"), dtype)  # also the warm-up
-        estimate = window_memory(image.shape, patch, 12, dtype, forward, export_bytes(12, properties)).peak(2)
+        estimate = window_memory(image.shape, patch, 12, dtype, forward, export_bytes(12, properties),
+                                 linear_head.in_channels).peak(2)
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # peak RSS := current RSS
         before = rss("VmRSS:")
-        logits = predict_sliding_window(network_fn, image, patch, 12, tile_batch_size=2, mirror_axes=(0, 1))
+        logits = predict_sliding_window(network_fn, image, patch, 12, tile_batch_size=2, mirror_axes=(0, 1),
+                                        linear_head=linear_head)
         export_prediction(logits, properties)
         print(json.dumps({"rise": rss("VmHWM:") - before, "estimate": estimate}))
     """)

@@ -96,6 +96,31 @@ def test_runs_a_student_unet_through_a_wrapper():
     assert result.shape == (4, 9, 19, 12) and torch.isfinite(result).all()
 
 
+def test_a_linear_head_after_averaging_gives_the_averaged_logits():
+    """Averaging the classifier's input and classifying once is the same as averaging the logits."""
+    torch.manual_seed(0)
+    student = StudentUNet(1, 5, {"features_per_stage": [4, 8, 16]}).eval()
+    image = _image((1, 13, 17, 11))
+    for mirror_axes, tile_batch_size in ((None, 1), ((0, 2), 3)):
+        logits = predict_sliding_window(lambda x: student(x)["out"], image, (8, 8, 8), 5, mirror_axes=mirror_axes,
+                                        tile_batch_size=tile_batch_size, precision="float32")
+        classified = predict_sliding_window(lambda x: student.features(x)["penultimate"], image, (8, 8, 8), 5,
+                                            mirror_axes=mirror_axes, tile_batch_size=tile_batch_size,
+                                            precision="float32", linear_head=student.classifier)
+        assert classified.shape == (5, 13, 17, 11) and classified.dtype == torch.float32
+        torch.testing.assert_close(classified, logits, atol=1e-5, rtol=1e-5)
+    reduced = predict_sliding_window(lambda x: student.features(x)["penultimate"], image, (8, 8, 8), 5,
+                                     mirror_axes=(0,), precision="bfloat16", linear_head=student.classifier)
+    assert reduced.dtype == torch.float16 and reduced.shape == (5, 13, 17, 11)
+
+
+def test_rejects_a_linear_head_that_is_not_a_1x1_convolution_to_the_classes():
+    net = _pointwise_net(classes=5)
+    for head in (nn.Conv3d(5, 3, 3, padding=1), nn.Conv3d(5, 4, 1)):
+        with pytest.raises(ValueError, match="linear_head must be a 3D 1x1 convolution to 3 classes"):
+            predict_sliding_window(net, _image(), PATCH, 3, mirror_axes=None, linear_head=head)
+
+
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_reduced_precision_accumulates_in_float16_close_to_float32(precision):
     """Gaussian weights fall to 4e-11 at the patch corners: floored, the volume's corners stay finite and close."""

@@ -6,7 +6,7 @@ import torch
 
 from osmedseg.errors import OsmError
 from osmedseg.networks import StudentUNet, TeacherUNet, UNetArch, VAEDecoder, build_network
-from osmedseg.networks.blocks import DoubleConv, ResidualUnit
+from osmedseg.networks.blocks import DoubleConv, MaxPool, ResidualUnit
 
 SMALL = {"features_per_stage": [4, 8, 16]}
 ANISOTROPIC = {
@@ -108,6 +108,24 @@ def test_lean_full_resolution_keeps_one_conv_unit_per_full_resolution_stage():
     assert UNetArch.from_dict({"features_per_stage": [4, 8]}).lean_full_resolution is False  # older plans
 
 
+@pytest.mark.parametrize("shape, stride", [((2, 3, 8, 10, 6), (2, 2, 2)), ((1, 2, 7, 9, 10), (2, 2, 2)),
+                                           ((1, 2, 8, 5, 6), (1, 2, 2)), ((1, 1, 7, 7, 8), (3, 3, 1)),
+                                           ((1, 2, 9, 6), (2, 2))])
+def test_max_pool_without_autograd_gives_the_library_pooling(shape, stride):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    library = torch.nn.functional.max_pool3d if len(stride) == 3 else torch.nn.functional.max_pool2d
+    expected = library(x, stride, stride, ceil_mode=True)
+    with torch.no_grad():
+        assert torch.equal(MaxPool(stride)(x), expected)  # odd sizes keep their last row, as in ceil mode
+        assert torch.equal(MaxPool(stride)(x.to(torch.bfloat16)), expected.to(torch.bfloat16))
+    trained = x.clone().requires_grad_()
+    reference = x.clone().requires_grad_()
+    MaxPool(stride)(trained).sum().backward()
+    library(reference, stride, stride, ceil_mode=True).sum().backward()
+    assert torch.equal(trained.grad, reference.grad)  # training keeps the library's gradient
+
+
 def test_arch_round_trips_through_json_dict_and_rejects_bad_plans():
     arch = UNetArch.from_dict({**ANISOTROPIC, "norm": "group", "norm_groups": 4})
     assert UNetArch.from_dict(arch.to_dict()) == arch
@@ -156,10 +174,12 @@ def test_skipless_copy_has_no_skip_connections():
 
 def test_student_returns_the_penultimate_feature_that_the_classifier_reads():
     student = StudentUNet(1, 3, SMALL).eval()
-    out = student(torch.randn(1, 1, 8, 8, 8))
+    x = torch.randn(1, 1, 8, 8, 8)
+    out = student(x)
     assert out["penultimate"].shape == (1, 4, 8, 8, 8)
-    assert torch.allclose(student.head[1](out["penultimate"]), out["out"])
+    assert torch.allclose(student.classifier(out["penultimate"]), out["out"])
     assert torch.allclose(student.head[0](out["feature"]), out["penultimate"])
+    assert torch.equal(student.features(x)["penultimate"], out["penultimate"]) and "out" not in student.features(x)
 
 
 def test_vae_decoder_reconstructs_from_a_shared_encoder():

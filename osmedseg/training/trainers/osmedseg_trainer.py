@@ -12,7 +12,8 @@ class OSMedSegTrainer(MethodTrainer):
 
 
 class OSMedSegTrainer_NoHint(OSMedSegTrainer):
-    """Student trained on synthesised pairs only, no teacher (the DataAug-style baseline)."""
+    """Student without the teacher (no hint loss), on the same synthesised pairs and real images: the DataAug-style
+    baseline."""
 
     distillation_options = {"lambda_hint": 0.0}
 

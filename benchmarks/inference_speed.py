@@ -232,8 +232,7 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
                       "spacing_after_resampling": [1.0, 1.0, 1.0], "shape_after_resampling": list(args.shape)}
         network_fn, linear_head = sliding_window_network(network) if method in STUDENTS else (network, None)
         planner = TileBatchPlanner(network_fn, 1, patch, args.classes, device, compute_dtype(device, args.precision),
-                                   limit=args.tile_batch_size,
-                                   head_channels=None if linear_head is None else linear_head.in_channels)
+                                   limit=args.tile_batch_size, linear_head=linear_head)
         memory = planner.estimate(image.shape, export_bytes(args.classes, properties))  # the warm-up: one tile
         tile_batch_size = planner.tile_batch(memory)
 

@@ -2,8 +2,9 @@
 
 The peak of a sliding-window prediction is a fixed part (padded input, the accumulator of classes or, with a linear
 head, of features and then the classes, the weight sum, the export's label map) plus a part per tile in a forward
-pass (the network's activations for one tile, its output and their converted copy). The network's share is measured once per network and patch by running one tile under
-``TensorMemoryTracker``, which sums the bytes of every tensor storage created and not yet freed, op by op.
+pass (the network's activations for one tile, its output and their converted copy). The network's share is measured
+once per network and patch by running one tile under ``TensorMemoryTracker``, which sums the bytes of every tensor
+storage created and not yet freed, op by op.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -154,15 +156,17 @@ class TileBatchPlanner:
 
     One tile's forward pass is measured on the first call (it doubles as the warm-up). ``budget`` None means the
     device's available memory at each call; ``limit`` None the device's ``MAX_TILE_BATCH``. A given ``limit`` is
-    lowered, with a notice, when its estimate would not fit. ``head_channels`` as in ``window_memory``.
+    lowered, with a notice, when its estimate would not fit. ``linear_head``: the 1x1 classifier the window applies
+    after averaging ``network_fn``'s features (``predict_sliding_window``), if any.
     """
 
     def __init__(self, network_fn: Callable[[torch.Tensor], torch.Tensor], in_channels: int, patch: Sequence[int],
                  num_classes: int, device: torch.device, network_dtype: torch.dtype, budget: int | None = None,
-                 limit: int | None = None, head_channels: int | None = None) -> None:
+                 limit: int | None = None, linear_head: nn.Module | None = None) -> None:
         self.network_fn, self.in_channels, self.patch = network_fn, in_channels, tuple(patch)
         self.num_classes, self.device, self.network_dtype = num_classes, device, network_dtype
-        self.budget, self.limit, self.head_channels = budget, limit, head_channels
+        self.budget, self.limit = budget, limit
+        self.head_channels = None if linear_head is None else linear_head.in_channels
         self._forward_bytes: int | None = None
 
     def estimate(self, image_shape: Sequence[int], export_bytes: int = 0) -> WindowMemory:

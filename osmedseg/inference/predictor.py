@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
 from typing import Callable
 
 import numpy as np
@@ -91,8 +90,7 @@ class Predictor:
         self.network_fn, self.linear_head = sliding_window_network(self.network)
         self.planner = TileBatchPlanner(self.network_fn, self.num_channels, self.configuration.patch_size,
                                         self.num_classes, self.device, compute_dtype(self.device, precision),
-                                        memory_budget, tile_batch_size,
-                                        None if self.linear_head is None else self.linear_head.in_channels)
+                                        memory_budget, tile_batch_size, self.linear_head)
 
     def check_channels(self, image: np.ndarray, name: str) -> None:
         check_channel_count(image, self.num_channels, name)

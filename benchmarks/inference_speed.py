@@ -58,7 +58,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-from osmedseg.inference.precision import compute_dtype
+from osmedseg.inference.precision import autocast, compute_dtype
 
 QUICK = {"shape": (64, 80, 64), "patch": (48, 64, 48)}
 FULL = {"shape": (160, 192, 224), "patch": (112, 128, 128)}
@@ -235,6 +235,9 @@ def measure(method: str, tta: bool, args: argparse.Namespace) -> dict:
                                    limit=args.tile_batch_size, linear_head=linear_head)
         memory = planner.estimate(image.shape, export_bytes(args.classes, properties))  # the warm-up: one tile
         tile_batch_size = planner.tile_batch(memory)
+        with torch.inference_mode(), autocast(device, compute_dtype(device, args.precision)):
+            network_fn(torch.zeros(tile_batch_size, 1, *patch, device=device))  # warm-up at the batch it runs, as
+            # nnU-Net's above (oneDNN builds its kernels per input shape, on the first call)
 
         def sliding_window():
             return predict_sliding_window(network_fn, image, patch, args.classes, step_size=args.step_size,

@@ -32,10 +32,20 @@ def check_channel_count(image: np.ndarray, expected: int, name: str) -> None:
                        f"(files <case>_0000 ... _{expected - 1:04d})")
 
 
+CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
+
+
 def sliding_window_network(network: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module | None]:
     """What the sliding window runs, and its ``linear_head``: a student U-Net's penultimate features and its 1x1
-    classifier (classified once per voxel after averaging), any other network's logits and None."""
+    classifier (classified once per voxel after averaging), any other network's logits and None.
+
+    A student on the CPU is switched to channels-last weights in place: oneDNN's convolutions then skip the two
+    layout copies around each call (2 to 3 times faster at full resolution), and its conv units keep that layout
+    through instance norm (``ConvUnit``). Other devices and networks keep theirs.
+    """
     if isinstance(network, StudentUNet):
+        if next(network.parameters()).device.type == "cpu":
+            network.to(memory_format=CHANNELS_LAST[network.arch.dims])
         return (lambda x: network.features(x)["penultimate"]), network.classifier
     return (lambda x: network(x)["out"]), None
 
@@ -64,7 +74,7 @@ class Predictor:
 
     ``precision`` ("auto", "float32", "bfloat16", "float16") picks the network's autocast dtype
     (``precision.compute_dtype``). ``tile_batch_size`` None takes the most tiles per forward pass whose estimated
-    peak fits ``memory_budget`` bytes (default: the device's available memory), at most ``memory.MAX_TILE_BATCH``;
+    peak fits ``memory_budget`` bytes (default: the device's available memory), at most ``memory.max_tile_batch``;
     a given number is an upper limit that is lowered, with a notice, when its estimate would not fit.
     """
 

@@ -93,10 +93,25 @@ def _zeros(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> to
         return torch.zeros(tuple(shape), dtype=dtype)
 
 
+def _in_memory_order(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its axes permuted into memory order (largest stride first): contiguous for any dense layout, such
+    as channels-last, so that reductions over all of it need no copy."""
+    return x.permute(sorted(range(x.dim()), key=lambda axis: -x.stride(axis)))
+
+
 def _largest_magnitude(x: torch.Tensor) -> float:
     """max |x| without a copy of ``x``."""
-    low, high = torch.aminmax(x)
+    low, high = torch.aminmax(_in_memory_order(x))
     return max(-float(low), float(high))
+
+
+def _zeros_like_layout(example: torch.Tensor, shape: Sequence[int], device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """``_zeros(shape)`` whose axes lie in memory in the order of ``example``'s (same number of axes): a
+    channels-last network output is then added to it without a strided copy."""
+    order = sorted(range(example.dim()), key=lambda axis: -example.stride(axis))
+    buffer = _zeros([shape[axis] for axis in order], device, dtype)
+    return buffer.permute([order.index(axis) for axis in range(len(order))])
 
 
 class _TileFraction:
@@ -109,6 +124,16 @@ class _TileFraction:
     def __init__(self, weight: torch.Tensor, weight_sum: torch.Tensor, flips: int) -> None:
         self.weight, self.weight_sum, self.flips = weight, weight_sum, flips
         self.last: tuple[Tile, torch.Tensor] | None = None
+
+    @classmethod
+    def for_tiles(cls, tiles: list[Tile], shape: Sequence[int], patch: tuple[int, ...], use_gaussian: bool,
+                  flips: int, device: torch.device) -> "_TileFraction":
+        """The shares of ``tiles`` of a volume of ``shape`` (Gaussian or uniform weights), on ``device``."""
+        weight = gaussian_importance_map(patch, device=device) if use_gaussian else torch.ones(patch, device=device)
+        weight_sum = _zeros(shape, device, torch.float32)
+        for tile in tiles:
+            weight_sum[tile] += weight
+        return cls(weight, weight_sum, flips)
 
     def __call__(self, tile: Tile, dtype: torch.dtype) -> torch.Tensor:
         if self.last is None or self.last[0] != tile or self.last[1].dtype != dtype:  # jobs come tile by tile
@@ -153,14 +178,8 @@ def predict_sliding_window(
     padded, crop = _pad_to_patch(image.to(device=device, dtype=torch.float32), patch)
     tiles = _tiles(padded.shape[1:], patch, step_size)
     channels = num_classes if linear_head is None else _linear_head_channels(linear_head, num_classes, len(patch))
-    mean = _zeros((channels, *padded.shape[1:]), device, accumulation_dtype(network_dtype))
-    weight = (gaussian_importance_map(patch, device=mean.device) if use_gaussian
-              else torch.ones(patch, device=mean.device))
-    weight_sum = _zeros(padded.shape[1:], mean.device, torch.float32)
-    for tile in tiles:
-        weight_sum[tile] += weight
+    mean = None  # allocated at the first output, in its memory layout
     jobs = [(tile, flip) for tile in tiles for flip in flips]
-    fraction = _TileFraction(weight, weight_sum, len(flips))
     with torch.inference_mode():
         for first in tqdm(range(0, len(jobs), tile_batch_size), disable=not progress, desc="sliding window"):
             chunk = jobs[first : first + tile_batch_size]
@@ -173,6 +192,11 @@ def predict_sliding_window(
                     f"expected {channels} channels at the patch size"
                 )
             del batch
+            if mean is None:
+                mean = _zeros_like_layout(prediction[0], (channels, *padded.shape[1:]), device,
+                                          accumulation_dtype(network_dtype))
+                fraction = _TileFraction.for_tiles(tiles, padded.shape[1:], patch, use_gaussian, len(flips),
+                                                   mean.device)
             mean = _widened_if_needed(mean, prediction)
             prediction = prediction.to(device=mean.device, dtype=mean.dtype)
             for (tile, flip), tile_output in zip(chunk, prediction):
@@ -205,14 +229,19 @@ def _classify(linear_head: nn.Module, features: torch.Tensor, slab_voxels: int) 
 
     Float32, not the network's reduced precision: the logits are rounded once, here, instead of once per tile and
     flip, so bfloat16's coarse steps (0.125 at 16) would no longer average out over the tiles and flip near-ties.
+    The 1x1 convolution runs as one matrix product per slab on class-first memory, whatever the features' layout,
+    so the logits are written without a transposing copy.
     """
-    head_device = next(linear_head.parameters()).device
-    logits = torch.empty((linear_head.out_channels, *features.shape[1:]), dtype=features.dtype,
-                         device=features.device)
+    weight = linear_head.weight.flatten(1).float()
+    bias = linear_head.bias.float()[:, None] if linear_head.bias is not None else None
+    logits = torch.empty((len(weight), *features.shape[1:]), dtype=features.dtype, device=features.device)
     thickness = max(1, slab_voxels // math.prod(features.shape[2:]))
     with torch.inference_mode():
         for start in range(0, features.shape[1], thickness):
-            slab = linear_head(features[:, start:start + thickness][None].to(head_device, torch.float32))[0]
-            logits = _widened_if_needed(logits, slab)
-            logits[:, start:start + thickness] = slab
+            slab = features[:, start:start + thickness].to(weight.device, torch.float32,
+                                                           memory_format=torch.contiguous_format)
+            values = weight @ slab.flatten(1) if bias is None else torch.addmm(bias, weight, slab.flatten(1))
+            values = values.view(len(weight), *slab.shape[1:])
+            logits = _widened_if_needed(logits, values)
+            logits[:, start:start + thickness] = values
     return logits

@@ -146,6 +146,35 @@ class ConvUnit(nn.Sequential):
         parts.append(nn.PReLU())
         super().__init__(*parts)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd, instance norm and (on the CPU) the single-slope PReLU work in place on the conv's output,
+        keeping its memory layout: a channels-last network stays channels-last, and no new buffer is touched."""
+        _, norm, *middle, activation = list(self)
+        if torch.is_grad_enabled() or not isinstance(norm, nn.modules.instancenorm._InstanceNorm) \
+                or norm.track_running_stats:
+            return super().forward(x)
+        x = instance_norm_(self[0](x), norm.weight, norm.bias, norm.eps)
+        for module in middle:
+            x = module(x)
+        if x.device.type == "cpu" and activation.num_parameters == 1:
+            return F.leaky_relu_(x, float(activation.weight))
+        return activation(x)
+
+
+def instance_norm_(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float) -> torch.Tensor:
+    """Instance normalisation of ``x`` in place, without autograd, in whatever memory layout ``x`` has.
+
+    Each sample is normalised as a batch of one by the batch-norm kernel, writing over itself: the library's
+    instance norm would copy a channels-last input to contiguous first (three times the cost) and allocate its
+    output. Statistics are in the dtype the kernel expects: the affine weight's, else the input's.
+    """
+    stats = x.new_empty(0, dtype=weight.dtype if weight is not None else x.dtype)
+    for sample in x.split(1):
+        torch.ops.aten.native_batch_norm.out(sample, weight, bias, None, None, True, 0.0, eps,
+                                             out=sample, save_mean=stats, save_invstd=stats.clone())
+    return x
+
 
 class DoubleConv(nn.Sequential):
     """Two conv units: in -> out -> out."""

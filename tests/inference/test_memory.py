@@ -12,7 +12,7 @@ import torch
 
 from osmedseg.inference.export import export_bytes, export_prediction
 from osmedseg.inference.memory import (HEAP_MARGIN, KERNEL_CACHE_BYTES, TensorMemoryTracker, WindowMemory,
-                                       choose_tile_batch, tile_forward_bytes, window_memory)
+                                       choose_tile_batch, max_tile_batch, tile_forward_bytes, window_memory)
 from osmedseg.inference.precision import compute_dtype
 from osmedseg.inference.predictor import sliding_window_network
 from osmedseg.inference.sliding_window import predict_sliding_window
@@ -119,6 +119,13 @@ def test_tile_batch_is_the_most_that_fits_the_budget():
     assert choose_tile_batch(memory, budget=budget(135), limit=2) == 2  # the device's (or the user's) limit
     assert choose_tile_batch(memory, budget=budget(105), limit=8) == 1  # does not fit: one tile, never zero
     assert choose_tile_batch(memory, budget=None, limit=4) == 4  # unknown free memory
+
+
+def test_large_tiles_run_one_per_pass_on_a_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert max_tile_batch(cpu, (48, 64, 48)) == 2  # small tiles: two per pass keep the cores busier
+    assert max_tile_batch(cpu, (112, 128, 128)) == 1  # one already does; a second only costs its activations
+    assert max_tile_batch(cuda, (112, 128, 128)) == 8
 
 
 def test_tile_batch_from_a_real_estimate_keeps_the_tracked_peak_within_the_budget():

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from osmedseg.inference.predictor import sliding_window_network
 from osmedseg.inference.sliding_window import compute_tile_starts, gaussian_importance_map, predict_sliding_window
 from osmedseg.networks import StudentUNet
 
@@ -112,6 +113,22 @@ def test_a_linear_head_after_averaging_gives_the_averaged_logits():
     reduced = predict_sliding_window(lambda x: student.features(x)["penultimate"], image, (8, 8, 8), 5,
                                      mirror_axes=(0,), precision="bfloat16", linear_head=student.classifier)
     assert reduced.dtype == torch.float16 and reduced.shape == (5, 13, 17, 11)
+
+
+def test_the_channels_last_student_route_gives_the_contiguous_result():
+    """The predictor's route on the CPU (channels-last weights, features averaged in their layout, classified by one
+    matrix product per slab) gives the contiguous network's averaged logits."""
+    torch.manual_seed(0)
+    student = StudentUNet(1, 5, {"features_per_stage": [4, 8, 16]}).eval()
+    image = _image((1, 13, 17, 11))
+    expected = predict_sliding_window(lambda x: student(x)["out"], image, (8, 8, 8), 5, mirror_axes=(1,),
+                                      tile_batch_size=2, precision="float32")
+    network_fn, linear_head = sliding_window_network(student)
+    assert student.encoder[1][0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    result = predict_sliding_window(network_fn, image, (8, 8, 8), 5, mirror_axes=(1,), tile_batch_size=2,
+                                    precision="float32", linear_head=linear_head)
+    assert result.is_contiguous()  # class-first logits for the export
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_rejects_a_linear_head_that_is_not_a_1x1_convolution_to_the_classes():

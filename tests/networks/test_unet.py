@@ -6,7 +6,7 @@ import torch
 
 from osmedseg.errors import OsmError
 from osmedseg.networks import StudentUNet, TeacherUNet, UNetArch, VAEDecoder, build_network
-from osmedseg.networks.blocks import DoubleConv, MaxPool, ResidualUnit
+from osmedseg.networks.blocks import ConvUnit, DoubleConv, LayerSpec, MaxPool, ResidualUnit, instance_norm_
 
 SMALL = {"features_per_stage": [4, 8, 16]}
 ANISOTROPIC = {
@@ -124,6 +124,33 @@ def test_max_pool_without_autograd_gives_the_library_pooling(shape, stride):
     MaxPool(stride)(trained).sum().backward()
     library(reference, stride, stride, ceil_mode=True).sum().backward()
     assert torch.equal(trained.grad, reference.grad)  # training keeps the library's gradient
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_in_place_instance_norm_matches_the_library_in_any_layout(affine, layout):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 7, 9, 8) * 3 + 1
+    weight, bias = (torch.rand(6) + 0.5, torch.randn(6)) if affine else (None, None)
+    expected = torch.nn.functional.instance_norm(x, weight=weight, bias=bias, eps=1e-5)
+    with torch.no_grad():
+        result = instance_norm_(x.contiguous(memory_format=layout), weight, bias, 1e-5)
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
+    assert result.is_contiguous(memory_format=layout)  # in place: the layout is kept
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_conv_unit_without_autograd_equals_its_layers_in_sequence(layout):
+    """The in-place inference path (instance norm, single-slope PReLU) gives the layers' own result."""
+    torch.manual_seed(0)
+    unit = ConvUnit(LayerSpec(norm_affine=True), 3, 5, (3, 3, 3)).to(memory_format=layout)
+    torch.nn.init.uniform_(unit[-1].weight, 0.1, 0.4)
+    x = torch.randn(2, 3, 6, 7, 5).contiguous(memory_format=layout)
+    expected = torch.nn.Sequential(*unit)(x)  # with autograd: the library's modules one after the other
+    with torch.no_grad():
+        result = unit(x)
+    torch.testing.assert_close(result, expected.detach(), atol=1e-5, rtol=1e-5)
+    assert result.is_contiguous(memory_format=layout)
 
 
 def test_arch_round_trips_through_json_dict_and_rejects_bad_plans():

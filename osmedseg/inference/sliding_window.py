@@ -93,15 +93,15 @@ def _zeros(shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> to
         return torch.zeros(tuple(shape), dtype=dtype)
 
 
-def _in_memory_order(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with its axes permuted into memory order (largest stride first): contiguous for any dense layout, such
-    as channels-last, so that reductions over all of it need no copy."""
-    return x.permute(sorted(range(x.dim()), key=lambda axis: -x.stride(axis)))
+def _memory_order(x: torch.Tensor) -> list[int]:
+    """``x``'s axes in memory order, largest stride first: permuted so, any dense layout (such as channels-last) is
+    contiguous."""
+    return sorted(range(x.dim()), key=lambda axis: -x.stride(axis))
 
 
 def _largest_magnitude(x: torch.Tensor) -> float:
     """max |x| without a copy of ``x``."""
-    low, high = torch.aminmax(_in_memory_order(x))
+    low, high = torch.aminmax(x.permute(_memory_order(x)))
     return max(-float(low), float(high))
 
 
@@ -109,7 +109,7 @@ def _zeros_like_layout(example: torch.Tensor, shape: Sequence[int], device: torc
                        dtype: torch.dtype) -> torch.Tensor:
     """``_zeros(shape)`` whose axes lie in memory in the order of ``example``'s (same number of axes): a
     channels-last network output is then added to it without a strided copy."""
-    order = sorted(range(example.dim()), key=lambda axis: -example.stride(axis))
+    order = _memory_order(example)
     buffer = _zeros([shape[axis] for axis in order], device, dtype)
     return buffer.permute([order.index(axis) for axis in range(len(order))])
 

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="count every voxel of a real image's registration pseudo-label fully (default: weigh it by "
                            "its distance to a label boundary, against the registration grid's spacing or a thinner "
                            "structure's own radius)")
+    dist.add_argument("--no_warp_agreement", action="store_true",
+                      help="keep a real image's pseudo-label where the learned warp and the affine alignment alone "
+                           "disagree (default: weight 0 there)")
     dist.add_argument("-lambda_kd", type=float, default=None,
                       help="SIKDTrainer: weight of the penultimate-feature MSE to the frozen teacher (default 2)")
     dist.add_argument("-lambda_con", type=float, default=None,
@@ -131,6 +134,7 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
                          "switch_max_boxes": args.switch_max_boxes,
                          "real_fraction": args.real_fraction, "optimizer": args.optimizer, "lr": args.lr,
                          "pseudo_label_confidence": False if args.no_pseudo_label_confidence else None,
+                         "warp_agreement": False if args.no_warp_agreement else None,
                          "synthesis": args.synthesis, "compile": compile_flag,
                          "interpolate_flows": False if args.no_flow_interpolation else None},
         "rrl_medsam": {"sam_checkpoint": args.sam_checkpoint,

@@ -101,16 +101,18 @@ class TrainedRegistration:
         target = torch.from_numpy(target_grid)[None].to(self.device)
         return self.appearance(self.atlas_grid, warp(target, inverse_flow(output))).float()
 
-    def steps(self, alignment: AlignmentResult, flow: torch.Tensor) -> list:
-        """Point maps from a case's physical space to the atlas's: ``alignment^-1``, then the flow on the grid."""
+    def steps(self, alignment: AlignmentResult, flow: torch.Tensor | None) -> list:
+        """Point maps from a case's physical space to the atlas's: ``alignment^-1``, then the flow on the grid
+        (``flow=None``: the affine alignment alone)."""
         to_atlas = AffineStep(np.linalg.inv(alignment.atlas_to_moving_matrix()))
-        return [to_atlas, FlowStep(flow[0], self.grid_frame)]
+        return [to_atlas] if flow is None else [to_atlas, FlowStep(flow[0], self.grid_frame)]
 
     @torch.inference_mode()
-    def map_atlas(self, frame: np.ndarray, shape: tuple[int, ...], alignment: AlignmentResult, flow: torch.Tensor,
-                  appearance: torch.Tensor | None = None, with_image: bool = True
+    def map_atlas(self, frame: np.ndarray, shape: tuple[int, ...], alignment: AlignmentResult,
+                  flow: torch.Tensor | None, appearance: torch.Tensor | None = None, with_image: bool = True
                   ) -> tuple[np.ndarray | None, np.ndarray]:
-        """The atlas image (C x shape, optional) and label (shape) as they fall into ``frame`` of a case."""
+        """The atlas image (C x shape, optional) and label (shape) as they fall into ``frame`` of a case
+        (``flow=None``: through the affine alignment alone)."""
         steps = self.steps(alignment, flow)
         label = map_into_frame(self.atlas_label, self.atlas.frame, frame, shape, steps, mode="nearest")
         label_np = label[0].cpu().numpy().astype(self.atlas.label.dtype)

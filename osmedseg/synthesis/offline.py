@@ -3,11 +3,13 @@
 Every sample lives in the segmentation frame of a real case, on the student's one preprocessing route: ``real`` is
 that case's segmentation cache (exactly what the predictor computes from the raw file), ``image`` and ``label`` are
 the atlas (image at the segmentation spacing, label) mapped into that frame through the case's affine alignment and
-the learned flow, in one sampling. Every atlas is one more sample (its own frame, identity mapping, its manual
-label). With several atlases the first is the reference the registration was trained from; each other atlas is also
-a target, giving the sample ``<atlas>__aligned`` (role ``aligned_atlas``): the reference atlas mapped into that
-atlas's frame, so that the two can be mixed box by box (EFS-MedSeg's regional switch). Files: ``<sample>.npz``
-(``image``, ``label``) and ``<sample>.json``; ``real`` is read from the segmentation cache of the sample's
+the learned flow, in one sampling; ``affine_label`` is the atlas label through the affine alignment alone (where
+the two labels disagree, the learned warp moved a boundary, and the student trusts that voxel of the real image
+less). Every atlas is one more sample (its own frame, identity mapping, its manual label). With several atlases the
+first is the reference the registration was trained from; each other atlas is also a target, giving the sample
+``<atlas>__aligned`` (role ``aligned_atlas``): the reference atlas mapped into that atlas's frame, so that the two
+can be mixed box by box (EFS-MedSeg's regional switch). Files: ``<sample>.npz`` (``image``, ``label``,
+``affine_label``) and ``<sample>.json``; ``real`` is read from the segmentation cache of the sample's
 ``spatial_target``.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from osmedseg.utilities.atomic import save_json_atomic, save_npz_atomic
 
 
 ALIGNED_SUFFIX = "__aligned"
+SAMPLE_VIEWS = ["learned", "affine"]  # the labels each sample holds: through the learned flow, and affine alone
 
 
 def synthesize_offline(registration: TrainedRegistration, caches: "CaseCaches", case_ids: list[str],
@@ -42,24 +45,27 @@ def synthesize_offline(registration: TrainedRegistration, caches: "CaseCaches", 
     written = []
     for sample_id, case_id, role in tqdm(jobs, desc="synthesis", disable=disable_pbar):
         written.append(sample_id)
-        provenance = {"source": registration.source, "appearance_transfer": appearance_transfer}
+        provenance = {"source": registration.source, "appearance_transfer": appearance_transfer,
+                      "views": SAMPLE_VIEWS}
         if is_complete(output_folder, sample_id, **provenance):
             continue
         real, real_label, properties = read_case(caches.segmentation, case_id)
         if role == "atlas":
-            image, label, folding = real, real_label, 0.0
+            image, label, affine_label, folding = real, real_label, real_label, 0.0
         else:
             grid_image, _, grid_properties = read_case(caches.registration, case_id)
             alignment = AlignmentResult.from_dict(grid_properties["alignment"])
             output = registration.network_output(grid_image)
             appearance = registration.appearance_offset(grid_image, output)
-            image, label = registration.map_atlas(preprocessed_frame(properties), real.shape[1:], alignment,
-                                                  output["flow"], appearance)
+            frame, shape = preprocessed_frame(properties), real.shape[1:]
+            image, label = registration.map_atlas(frame, shape, alignment, output["flow"], appearance)
+            _, affine_label = registration.map_atlas(frame, shape, alignment, None, with_image=False)
             if appearance is None:  # a learned appearance model, when trained, gives the appearance instead
                 image = transfer_appearance(image, real, appearance_transfer)
             folding = 100.0 * folding_fraction(output["flow"])
         npz, json_file = case_files(output_folder, sample_id)
-        save_npz_atomic(npz, image=image.astype(np.float32), label=label.astype(np.int16))
+        save_npz_atomic(npz, image=image.astype(np.float32), label=label.astype(np.int16),
+                        affine_label=affine_label.astype(np.int16).reshape(label.shape))
         save_json_atomic({"case_id": sample_id, "role": role, "spatial_target": case_id, **provenance,
                           "folding_percent": folding}, json_file)
     return written
@@ -91,11 +97,16 @@ class CaseCaches:
 
 
 def load_synthesized(folder: str, caches: CaseCaches) -> dict[str, dict]:
-    """All cached samples of ``folder`` with their real images: ``{case: {"image", "label", "real", "role"}}``."""
+    """All cached samples of ``folder`` with their real images: ``{case: {"image", "label", "affine_label", "real",
+    "role", "spatial_target"}}``."""
     samples = {}
     for case_id in list_cached_cases(folder):
-        with np.load(case_files(folder, case_id)[0]) as arrays:
-            samples[case_id] = {k: arrays[k] for k in ("image", "label")}
+        npz = case_files(folder, case_id)[0]
+        with np.load(npz) as arrays:
+            if "affine_label" not in arrays:
+                raise OsmError(f"{npz}: synthesised by an earlier osmedseg (no affine_label); run osm_train "
+                               "-stage synthesis again")
+            samples[case_id] = {k: arrays[k] for k in ("image", "label", "affine_label")}
         properties = read_properties(folder, case_id)
         samples[case_id]["real"] = caches.real(properties["spatial_target"])
         samples[case_id]["role"] = properties["role"]

@@ -5,7 +5,8 @@ volumes, in ``i``'s segmentation frame (the student's one route). The spatial pa
 optionally interpolated (the velocity, or the displacement of a non-diffeomorphic model, scaled by
 ``alpha ~ Beta(0.3, 0.3)``). The appearance comes from the learned appearance model applied with target ``j``, or
 without one from ``j``'s intensity distribution (histogram matching). The teacher's real image is ``i`` moved by the
-inverse flow and the interpolated one, so it stays voxel-aligned with the synthesised image.
+inverse flow and the interpolated one, so it stays voxel-aligned with the synthesised image; so is the atlas label of
+the affine alignment alone (``affine_label``), on which the real image's pseudo-label confidence draws.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class OnTheFlySynthesizer:
 
     @torch.inference_mode()
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One triplet ``{"image", "label", "real"}`` in the spatial target's frame, plus its provenance."""
+        """One triplet ``{"image", "label", "real"}`` in the spatial target's frame, the affine-only
+        ``affine_label``, and the provenance."""
         ids = self.target_ids
         spatial, appearance = ids[rng.integers(len(ids))], ids[rng.integers(len(ids))]
         alpha = float(rng.beta(BETA_SHAPE, BETA_SHAPE)) if self.interpolate else 1.0
@@ -61,7 +63,13 @@ class OnTheFlySynthesizer:
         steps = self.registration.steps(target["alignment"], flow) + [
             FlowStep(inverse_flow(output)[0], self.registration.grid_frame),
             AffineStep(target["alignment"].atlas_to_moving_matrix())]
-        real = map_into_frame(torch.from_numpy(target["real"]).to(self.registration.device), target["frame"],
-                              target["frame"], shape, steps)
-        return {"image": image, "label": label.astype(np.int16), "real": real.cpu().numpy(), "spatial_target": spatial,
+        device = self.registration.device
+        real = map_into_frame(torch.from_numpy(target["real"]).to(device), target["frame"], target["frame"], shape,
+                              steps)
+        _, affine_label = self.registration.map_atlas(target["frame"], shape, target["alignment"], None,
+                                                      with_image=False)
+        affine_label = map_into_frame(torch.from_numpy(affine_label.astype(np.int64))[None].to(device),
+                                      target["frame"], target["frame"], shape, steps, mode="nearest")
+        return {"image": image, "label": label.astype(np.int16), "real": real.cpu().numpy(),
+                "affine_label": affine_label[0].cpu().numpy().astype(np.int16), "spatial_target": spatial,
                 "appearance_target": appearance, "alpha": alpha}

@@ -2,9 +2,10 @@
 
 The student segments synthesised images (Dice + CE against the warped atlas labels) and, with probability
 ``real_fraction`` per sample, the real unlabeled images themselves against the same labels (registration
-pseudo-labels); the teacher reconstructs the real images; the hint loss ``1 - cos`` pulls the student's last decoder
-features towards the teacher's (teacher side detached). Every sample lives in a real case's segmentation frame, on
-the route the predictor uses. Only the student is kept for inference.
+pseudo-labels, weighted by their confidence: ``pseudo_label_weights``); the teacher reconstructs the real images;
+the hint loss ``1 - cos`` pulls the student's last decoder features towards the teacher's (teacher side detached).
+Every sample lives in a real case's segmentation frame, on the route the predictor uses. Only the student is kept
+for inference.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from osmedseg.synthesis.offline import CaseCaches, load_synthesized
 from osmedseg.training.augmentation import enlarged_patch_size, training_transforms
 from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss
 from osmedseg.training.patch_sampler import PatchSampler
-from osmedseg.training.pseudo_labels import boundary_confidence
+from osmedseg.training.pseudo_labels import pseudo_label_weights
 from osmedseg.training.stage_trainer import StageTrainer
 from osmedseg.training.validation import pseudo_dice
 from osmedseg.utilities.atomic import torch_save_atomic
@@ -36,7 +37,8 @@ class DistillationStage(StageTrainer):
     ('sgd' with nnU-Net's poly schedule, or 'adam'), ``lr``, ``ce_top_fraction`` (CE over the hardest 10% of
     voxels, nnU-Net's DiceTopK10; 1 for plain CE), ``oversample_foreground``, ``validation_fraction``,
     ``synthesis`` ('offline': the cached pairs, OS-MedSeg's default; 'on_the_fly': also replace
-    ``refresh_fraction`` of the synthesised pool with new random pairs each epoch).
+    ``refresh_fraction`` of the synthesised pool with new random pairs each epoch), ``pseudo_label_confidence`` and
+    ``warp_agreement`` (the two factors of a real image's pseudo-label weights, see ``pseudo_label_weights``).
     """
 
     stage_name = "distillation"
@@ -45,7 +47,7 @@ class DistillationStage(StageTrainer):
     defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "hint_warmup": 0.5,
                 "optimizer": "sgd", "lr": None, "weight_decay": 3e-5, "ce_top_fraction": 0.1,
                 "oversample_foreground": 0.33, "validation_fraction": 0.1, "real_fraction": 0.5,
-                "pseudo_label_confidence": True,
+                "pseudo_label_confidence": True, "warp_agreement": True,
                 "synthesis": "offline", "refresh_fraction": 0.5}
 
     def __init__(self, *args, caches: CaseCaches, synthesizer=None, **options):
@@ -93,7 +95,7 @@ class DistillationStage(StageTrainer):
             self.synthesizer.target_ids = [c for c in self.synthesizer.target_ids if c not in self.validation_ids]
         self.channels = train[0]["data"].shape[0] // 2
         self.sampler = PatchSampler(train, enlarged_patch_size(self.patch_size), configuration.batch_size,
-                                    self.options["oversample_foreground"], self.seed)
+                                    self.options["oversample_foreground"], self.seed, SEG_KEYS)
         self.transforms = training_transforms(self.patch_size, configuration.mirror_axes)
         self.build_networks(configuration.architecture)
         for name, module in self.modules.items():
@@ -138,8 +140,9 @@ class DistillationStage(StageTrainer):
         synthetic, real = data[:, :self.channels], data[:, self.channels:]
         use_real = rng.random(len(data)) < self.options["real_fraction"]
         image = torch.where(torch.from_numpy(use_real).to(self.device)[:, None, None, None, None], real, synthetic)
-        return {"image": image, "real": real, "target": torch.from_numpy(batch["seg"]).long().to(self.device),
-                "weight": self.pseudo_label_weights(batch["seg"], use_real)}
+        label, agreement = batch["seg"][:, :1], batch["seg"][:, 1:]
+        return {"image": image, "real": real, "target": torch.from_numpy(label).long().to(self.device),
+                "weight": self.pseudo_label_weights(label, agreement, use_real)}
 
     def train_step(self, rng: np.random.Generator) -> dict[str, float]:
         batch = self.student_batch(rng)
@@ -158,15 +161,21 @@ class DistillationStage(StageTrainer):
         self.backward_and_step(total, list(self.modules))
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in values.items()}}
 
-    def pseudo_label_weights(self, seg: np.ndarray, use_real: np.ndarray) -> torch.Tensor | None:
-        """Per-voxel weights (B, 1, ...): registration pseudo-labels of real images count less near their boundaries
-        (``pseudo_labels.boundary_confidence``); labels of synthesised images are exact (weight 1)."""
-        if not use_real.any() or not self.options["pseudo_label_confidence"]:
+    def pseudo_label_weights(self, seg: np.ndarray, agreement: np.ndarray, use_real: np.ndarray
+                             ) -> torch.Tensor | None:
+        """Per-voxel weights (B, 1, ...) of the labels ``seg`` (B, 1, ...): labels of synthesised images are exact
+        (weight 1); registration pseudo-labels of real images count less near their boundaries
+        (option ``pseudo_label_confidence``) and not at all where the learned warp and the affine alignment alone
+        disagree (``agreement`` (B, 1, ...) is 1 where they agree; option ``warp_agreement``); see
+        ``pseudo_labels``."""
+        use_confidence, use_agreement = self.options["pseudo_label_confidence"], self.options["warp_agreement"]
+        if not use_real.any() or not (use_confidence or use_agreement):
             return None
         weights = np.ones(seg.shape, dtype=np.float32)
         uncertainty = max(self.plans.registration.spacing)
         for b in np.flatnonzero(use_real):
-            weights[b, 0] = boundary_confidence(seg[b, 0], self.plans.segmentation.spacing, uncertainty)
+            weights[b, 0] = pseudo_label_weights(seg[b, 0], self.plans.segmentation.spacing, uncertainty,
+                                                 agreement[b, 0] if use_agreement else None, use_confidence)
         return torch.from_numpy(weights).to(self.device)
 
     def hint_weight(self) -> float:
@@ -225,6 +234,15 @@ def check_options(options: dict) -> None:
         raise OsmError(f"-real_fraction must be in [0, 1], got {real}")
 
 
+SEG_KEYS = ("label", "agreement")  # the per-voxel maps a training sample's patches carry through augmentation
+
+
 def training_sample(triplet: dict) -> dict[str, np.ndarray]:
-    """Synthesised image and real image stacked as channels (augmented together), with the synthesised label."""
-    return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": triplet["label"]}
+    """Synthesised image and real image stacked as channels (augmented together), with the synthesised label and
+    its ``agreement`` with the atlas label of the affine alignment alone (1 where equal; all 1 for a sample
+    without an ``affine_label``, such as an atlas with its manual label)."""
+    label = triplet["label"]
+    affine_label = triplet.get("affine_label")
+    agreement = np.ones(label.shape, np.int16) if affine_label is None else \
+        (label == affine_label.reshape(label.shape)).astype(np.int16)
+    return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": label, "agreement": agreement}

@@ -23,13 +23,16 @@ def class_locations(label: np.ndarray, rng: np.random.Generator) -> dict[int, np
 class PatchSampler:
     """Crops patches of the same location from every array of a sample (image channels stacked with others).
 
-    ``samples`` are dicts with ``data`` (C, Z, Y, X) and ``label`` (Z, Y, X). A batch's last ``round(bs * p)`` items
-    are centred on a voxel of a random foreground class present in the sample; the others are uniform.
+    ``samples`` are dicts with ``data`` (C, Z, Y, X) and the label maps named in ``seg_keys`` (each Z, Y, X; the
+    first is the label, further ones are per-voxel maps that must move with it, stacked as more ``seg`` channels). A
+    batch's last ``round(bs * p)`` items are centred on a voxel of a random foreground class present in the sample's
+    label; the others are uniform.
     """
 
     def __init__(self, samples: list[dict[str, np.ndarray]], patch_size: list[int], batch_size: int,
-                 oversample_foreground: float, seed: int):
+                 oversample_foreground: float, seed: int, seg_keys: tuple[str, ...] = ("label",)):
         self.samples = samples
+        self.seg_keys = seg_keys
         self.patch_size = np.asarray(patch_size)
         self.batch_size = batch_size
         self.oversample_foreground = oversample_foreground
@@ -55,8 +58,8 @@ class PatchSampler:
         return [[int(s), int(s + p)] for s, p in zip(start, self.patch_size)]
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``{"data": (B, C, *patch) float32, "seg": (B, 1, *patch) int16}``, zero-padded where the patch leaves
-        a volume."""
+        """``{"data": (B, C, *patch) float32, "seg": (B, len(seg_keys), *patch) int16}``, zero-padded where the
+        patch leaves a volume."""
         data, seg = [], []
         n_forced = int(round(self.batch_size * self.oversample_foreground))
         for j in range(self.batch_size):
@@ -65,5 +68,6 @@ class PatchSampler:
             shape = np.asarray(sample["label"].shape)
             bbox = self._bbox(shape, rng, j >= self.batch_size - n_forced, index)
             data.append(crop_and_pad_nd(sample["data"], [[0, sample["data"].shape[0]]] + bbox))
-            seg.append(crop_and_pad_nd(sample["label"][None], [[0, 1]] + bbox))
+            maps = np.stack([sample[key].reshape(shape) for key in self.seg_keys])
+            seg.append(crop_and_pad_nd(maps, [[0, len(maps)]] + bbox))
         return {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}

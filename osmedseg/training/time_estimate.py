@@ -21,6 +21,7 @@ from osmedseg.registration.builders import build_registration_modules
 from osmedseg.registration.losses import RegistrationLoss
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.training.augmentation import enlarged_patch_size, training_transforms
+from osmedseg.training.distillation_stage import SEG_KEYS
 from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss
 
 VALIDATION_STEP = 0.5  # sliding-window step of the validation passes
@@ -74,7 +75,7 @@ def distillation_seconds(plans: Plans, channels: int, num_classes: int, options:
     transforms = training_transforms(patch, configuration.mirror_axes)
     rng = np.random.default_rng(0)
     raw = {"data": rng.standard_normal((batch, 2 * channels, *enlarged_patch_size(patch))).astype(np.float32),
-           "seg": rng.integers(0, num_classes, (batch, 1, *enlarged_patch_size(patch))).astype(np.int16)}
+           "seg": rng.integers(0, num_classes, (batch, len(SEG_KEYS), *enlarged_patch_size(patch))).astype(np.int16)}
     segmentation_loss = DiceCELoss(ce_top_fraction=options.get("ce_top_fraction", 1.0))
     reconstruction_loss, hint_loss = ReconstructionLoss(), HintLoss()
 
@@ -83,7 +84,7 @@ def distillation_seconds(plans: Plans, channels: int, num_classes: int, options:
 
     augmented = augment()
     data = torch.from_numpy(augmented["data"]).to(device)
-    target = torch.from_numpy(augmented["seg"]).long().to(device)
+    target = torch.from_numpy(augmented["seg"][:, :1]).long().to(device)
 
     def step() -> None:
         out = student(data[:, :channels])

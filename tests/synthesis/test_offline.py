@@ -13,10 +13,12 @@ import torch
 
 from osmedseg.cli.train import main as train_main
 from osmedseg.dataset.demo import DEMO_DATASET_NAME
+from osmedseg.errors import OsmError
 from osmedseg.io import read_image
 from osmedseg.planning.plans import load_plans
+from osmedseg.preprocessing.affine_alignment import AlignmentResult
 from osmedseg.preprocessing.cache import read_case
-from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image
+from osmedseg.preprocessing.segmentation_preprocessor import preprocess_image, preprocessed_frame
 from osmedseg.registration.trained import TrainedRegistration
 from osmedseg.run_folder import FINAL, RunFolder
 from osmedseg.synthesis.offline import CaseCaches, load_synthesized, synthesize_offline
@@ -56,6 +58,16 @@ def _run(results: str) -> RunFolder:
     return RunFolder(os.path.join(results, DEMO_DATASET_NAME, "OSMedSegTrainer__osmPlans"))
 
 
+def _synthesised(data: dict) -> RunFolder:
+    """The run of the first test (trained and synthesised here if that test was not run)."""
+    results = str(data["root"] / "results")
+    run = _run(results)
+    if not os.path.isfile(run.checkpoint("registration", FINAL)):
+        _train(data, results, "-stage", "registration", "--iters", "2")
+    _train(data, results, "-stage", "synthesis")
+    return run
+
+
 def _provenance(folder: str, case_id: str) -> dict:
     with open(os.path.join(folder, f"{case_id}.json")) as f:
         return json.load(f)
@@ -90,13 +102,43 @@ def test_one_sample_per_usable_case_in_its_own_frame(synthesis_data):
         np.testing.assert_array_equal(real, real_cached)
         assert np.issubdtype(label.dtype, np.integer) and set(np.unique(label).tolist()) <= atlas_ids
         assert np.isfinite(image).all()
+        assert samples[case_id]["affine_label"].shape == label.shape
         if case_id == ATLAS:  # identity: the atlas and its manual label
             np.testing.assert_array_equal(image, atlas_image)
             np.testing.assert_array_equal(label, atlas_label)
+            np.testing.assert_array_equal(samples[case_id]["affine_label"], atlas_label)
         else:  # the atlas mapped into the case's frame: every structure survives, intensities are the case's
             assert set(np.unique(label).tolist()) == atlas_ids
             np.testing.assert_allclose(np.percentile(image, [5, 50, 95]), np.percentile(real, [5, 50, 95]),
                                        atol=0.1)
+
+
+def test_the_affine_label_is_the_atlas_label_through_a_zero_flow(synthesis_data):
+    """Each sample's ``affine_label`` (the second warp of the pseudo-label agreement) is the atlas label mapped by the
+    case's affine alignment alone: the same as the learned mapping with its flow set to zero."""
+    run = _synthesised(synthesis_data)
+    registration = TrainedRegistration.load(run, torch.device("cpu"))
+    caches = synthesis_data["caches"]
+    samples = load_synthesized(run.synthesis_folder, caches)
+    for case_id in USABLE:
+        grid_image, _, grid_properties = read_case(caches.registration, case_id)
+        real, _, properties = read_case(caches.segmentation, case_id)
+        alignment = AlignmentResult.from_dict(grid_properties["alignment"])
+        zero = torch.zeros_like(registration.network_output(grid_image)["flow"])
+        _, expected = registration.map_atlas(preprocessed_frame(properties), real.shape[1:], alignment, zero,
+                                             with_image=False)
+        np.testing.assert_array_equal(samples[case_id]["affine_label"], expected)
+
+
+def test_a_cache_from_before_the_affine_label_asks_for_new_synthesis(synthesis_data, tmp_path):
+    folder = str(tmp_path / "old_synthesis")
+    shutil.copytree(_synthesised(synthesis_data).synthesis_folder, folder)
+    npz = os.path.join(folder, f"{USABLE[0]}.npz")
+    with np.load(npz) as arrays:
+        kept = {k: arrays[k] for k in ("image", "label")}
+    np.savez(npz, **kept)
+    with pytest.raises(OsmError, match=f"{npz}: synthesised by an earlier osmedseg .* -stage synthesis again"):
+        load_synthesized(folder, synthesis_data["caches"])
 
 
 def test_training_and_prediction_share_one_preprocessing_route(synthesis_data):

@@ -41,6 +41,10 @@ def test_samples_are_labeled_pairs_from_independent_targets(trained_registration
         # in the spatial target's own segmentation frame, like every training sample
         assert sample["real"].shape == synthesizer.caches.real(sample["spatial_target"]).shape
         assert set(np.unique(sample["label"]).tolist()) <= atlas_ids  # nearest warping keeps the atlas's ids
+        # the affine-only label moves with the real image: most of it agrees with the synthesised label
+        assert sample["affine_label"].shape == sample["label"].shape
+        assert set(np.unique(sample["affine_label"]).tolist()) <= atlas_ids
+        assert (sample["affine_label"] == sample["label"]).mean() > 0.8
         assert np.isfinite(sample["image"]).all() and np.isfinite(sample["real"]).all()
         assert 0.0 <= sample["alpha"] <= 1.0
         assert {sample["spatial_target"], sample["appearance_target"]} <= set(synthesizer.target_ids)

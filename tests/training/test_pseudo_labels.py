@@ -1,11 +1,15 @@
-"""Confidence weights of registration pseudo-labels and the weighted segmentation loss."""
+"""Confidence weights of registration pseudo-labels (boundary distance, agreement of two warps) and the weighted
+segmentation loss."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from osmedseg.training.augmentation import training_transforms
+from osmedseg.training.distillation_stage import SEG_KEYS, training_sample
 from osmedseg.training.losses import DiceCELoss
-from osmedseg.training.pseudo_labels import boundary_confidence
+from osmedseg.training.patch_sampler import PatchSampler
+from osmedseg.training.pseudo_labels import boundary_confidence, pseudo_label_weights
 
 
 def _cube() -> np.ndarray:
@@ -61,3 +65,60 @@ def test_zero_weight_voxels_do_not_train():
         assert (logits.grad[..., :2] == 0).all() and (logits.grad[..., 2:] != 0).any()
     unweighted = DiceCELoss()(logits, target)
     torch.testing.assert_close(DiceCELoss()(logits, target, torch.ones_like(weight)), unweighted)
+
+
+def test_voxels_where_the_two_warps_disagree_get_no_weight():
+    label = _cube()
+    affine_label = np.roll(label, 2, axis=2)  # the affine alignment alone puts the boundary 2 voxels further on
+    sample = training_sample({"image": np.zeros((1, *label.shape), np.float32),
+                              "real": np.ones((1, *label.shape), np.float32), "label": label,
+                              "affine_label": affine_label})
+    agreement = sample["agreement"]
+    np.testing.assert_array_equal(agreement == 0, label != affine_label)
+    weights = pseudo_label_weights(label, [1.0, 1.0, 1.0], 3.0, agreement)
+    assert weights.min() >= 0 and weights.max() <= 1
+    assert (weights[label != affine_label] == 0).all()
+    agreeing = label == affine_label
+    np.testing.assert_array_equal(weights[agreeing], boundary_confidence(label, [1.0] * 3, 3.0)[agreeing])
+    np.testing.assert_array_equal(pseudo_label_weights(label, [1.0] * 3, 3.0, agreement, boundary=False), agreement)
+    np.testing.assert_array_equal(pseudo_label_weights(label, [1.0] * 3, 3.0, None, boundary=False),
+                                  np.ones(label.shape))
+    background = np.zeros_like(label)  # a patch of background only still follows the agreement
+    np.testing.assert_array_equal(pseudo_label_weights(background, [1.0] * 3, 3.0, agreement), agreement)
+    # a sample without a second warp (an atlas and its manual label) agrees everywhere
+    atlas = training_sample({"image": sample["data"][:1], "real": sample["data"][1:], "label": label})
+    assert (atlas["agreement"] == 1).all()
+
+
+def test_a_structure_thinner_than_the_uncertainty_ignores_the_agreement():
+    """Two warps a voxel apart disagree on all of a one-voxel sheet; its core keeps its weight, while the thick cube
+    beside it loses the voxels where the warps disagree."""
+    label = _cube()
+    label[2, 2:18, 2:18] = 2  # a sheet one voxel thick
+    affine_label = np.roll(label, 1, axis=0)
+    agreement = (label == affine_label).astype(np.int16)
+    weights = pseudo_label_weights(label, [1.0, 1.0, 1.0], 3.0, agreement)
+    assert (agreement[label == 2] == 0).all() and (weights[label == 2] == 1).all()
+    assert (weights[(label == 1) & (agreement == 0)] == 0).all()
+    assert (weights[(label == 0) & (agreement == 0)] == 0).all()
+
+
+def test_the_agreement_map_moves_with_the_label_through_augmentation():
+    label = _cube()
+    agreement = np.ones_like(label)
+    agreement[:, :, 10:] = 0
+    sample = {"data": np.random.default_rng(0).standard_normal((2, *label.shape)).astype(np.float32),
+              "label": label, "agreement": agreement}
+    sampler = PatchSampler([sample], [20, 20, 20], 2, 0.0, seed=0, seg_keys=SEG_KEYS)
+    batch = sampler.sample(np.random.default_rng(0))
+    assert batch["seg"].shape == (2, 2, 20, 20, 20)
+    np.testing.assert_array_equal(batch["seg"][0, 0], label)
+    np.testing.assert_array_equal(batch["seg"][0, 1], agreement)
+    # a map equal to the label stays equal to it through rotation, scaling and mirroring
+    moved = PatchSampler([{**sample, "agreement": label.copy()}], [20, 20, 20], 2, 0.0, seed=0, seg_keys=SEG_KEYS)
+    transforms = training_transforms([16, 16, 16], [0, 1, 2])
+    np.random.seed(0)
+    for seed in range(8):
+        out = transforms(**moved.sample(np.random.default_rng(seed)))
+        np.testing.assert_array_equal(out["seg"][:, 1], out["seg"][:, 0])
+        assert set(np.unique(out["seg"]).tolist()) <= {0, 1}

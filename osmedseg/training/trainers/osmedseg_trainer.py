@@ -36,6 +36,12 @@ class OSMedSegTrainer_NoRealImages(OSMedSegTrainer):
     distillation_options = {"real_fraction": 0.0}
 
 
+class OSMedSegTrainer_NoWarpAgreement(OSMedSegTrainer):
+    """Real images keep their pseudo-label where the learned warp and the affine alignment alone disagree."""
+
+    distillation_options = {"warp_agreement": False}
+
+
 class OSMedSegTrainer_NoAppearanceTransfer(OSMedSegTrainer):
     """Synthesised images keep the atlas's intensities (no histogram matching to the real target)."""
 

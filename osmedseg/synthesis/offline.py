@@ -65,7 +65,7 @@ def synthesize_offline(registration: TrainedRegistration, caches: "CaseCaches", 
             folding = 100.0 * folding_fraction(output["flow"])
         npz, json_file = case_files(output_folder, sample_id)
         save_npz_atomic(npz, image=image.astype(np.float32), label=label.astype(np.int16),
-                        affine_label=affine_label.astype(np.int16).reshape(label.shape))
+                        affine_label=affine_label.astype(np.int16))
         save_json_atomic({"case_id": sample_id, "role": role, "spatial_target": case_id, **provenance,
                           "folding_percent": folding}, json_file)
     return written

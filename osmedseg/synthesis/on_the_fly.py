@@ -63,13 +63,12 @@ class OnTheFlySynthesizer:
         steps = self.registration.steps(target["alignment"], flow) + [
             FlowStep(inverse_flow(output)[0], self.registration.grid_frame),
             AffineStep(target["alignment"].atlas_to_moving_matrix())]
-        device = self.registration.device
-        real = map_into_frame(torch.from_numpy(target["real"]).to(device), target["frame"], target["frame"], shape,
-                              steps)
-        _, affine_label = self.registration.map_atlas(target["frame"], shape, target["alignment"], None,
-                                                      with_image=False)
-        affine_label = map_into_frame(torch.from_numpy(affine_label.astype(np.int64))[None].to(device),
-                                      target["frame"], target["frame"], shape, steps, mode="nearest")
+        real = map_into_frame(torch.from_numpy(target["real"]).to(self.registration.device), target["frame"],
+                              target["frame"], shape, steps)
+        # the same chain, then the affine alignment alone back to the atlas: one sampling of the atlas label
+        affine_label = map_into_frame(self.registration.atlas_label, self.registration.atlas.frame, target["frame"],
+                                      shape, steps + self.registration.steps(target["alignment"], None),
+                                      mode="nearest")
         return {"image": image, "label": label.astype(np.int16), "real": real.cpu().numpy(),
                 "affine_label": affine_label[0].cpu().numpy().astype(np.int16), "spatial_target": spatial,
                 "appearance_target": appearance, "alpha": alpha}

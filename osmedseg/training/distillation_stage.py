@@ -244,5 +244,5 @@ def training_sample(triplet: dict) -> dict[str, np.ndarray]:
     label = triplet["label"]
     affine_label = triplet.get("affine_label")
     agreement = np.ones(label.shape, np.int16) if affine_label is None else \
-        (label == affine_label.reshape(label.shape)).astype(np.int16)
+        (label == affine_label).astype(np.int16)
     return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": label, "agreement": agreement}

@@ -68,6 +68,6 @@ class PatchSampler:
             shape = np.asarray(sample["label"].shape)
             bbox = self._bbox(shape, rng, j >= self.batch_size - n_forced, index)
             data.append(crop_and_pad_nd(sample["data"], [[0, sample["data"].shape[0]]] + bbox))
-            maps = np.stack([sample[key].reshape(shape) for key in self.seg_keys])
+            maps = np.stack([sample[key] for key in self.seg_keys])
             seg.append(crop_and_pad_nd(maps, [[0, len(maps)]] + bbox))
         return {"data": np.stack(data).astype(np.float32), "seg": np.stack(seg).astype(np.int16)}

@@ -6,14 +6,18 @@ volume's grid (``registration/atlas_mapping.py``) uses its inverse. Registration
 moments initialisation, a rigid stage, then the similarity or affine stage; Mattes mutual information with a
 fixed-seed random sample; three resolution levels.
 
-Results are reproducible: the samples come from ``seed``, and the call runs SimpleITK on one thread (ITK's thread
-pool hands work to threads in no fixed order, so multi-threaded metric sums differ in the last bits from run to run);
-the global SimpleITK thread count is restored afterwards, so other SimpleITK work running concurrently in the same
-process is single-threaded meanwhile. Failures never raise: they come back with ``converged=False`` and the
-reason in ``message``, and the caller decides what to do with the case.
+Results are reproducible: the samples come from ``seed``, and the call runs SimpleITK on one thread (ITK hands work
+to threads in no fixed order, so multi-threaded metric sums differ in the last bits from run to run). The metric
+follows only SimpleITK's process-wide thread count (a registration object's own count does not reach it), so the
+call sets that count to 1 and restores it afterwards, holding a lock meanwhile: alignments running in several
+threads (a prediction's readers) take turns instead of restoring each other's setting, which left it changed for
+the rest of the process and let an alignment run multi-threaded. Other SimpleITK work running concurrently in the
+same process is single-threaded while an alignment runs. Failures never raise: they come back with
+``converged=False`` and the reason in ``message``, and the caller decides what to do with the case.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterator, Literal
@@ -44,6 +48,7 @@ _SHRINK_FACTORS = (4, 2, 1)
 _ITERATIONS = 100
 _MIN_STEP = 1e-3  # sub-voxel on the test phantom; 1e-4 is ~5x more accurate and ~4x slower
 _METRIC_TOLERANCE = 0.01  # relative: a final metric worse than a starting point by more than this keeps that point
+_SIMPLEITK_THREAD_COUNT = threading.Lock()  # held while an alignment changes SimpleITK's process-wide count
 
 
 @dataclass
@@ -251,12 +256,13 @@ def _metric_value(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
 
 @contextmanager
 def _single_threaded() -> Iterator[None]:
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    with _SIMPLEITK_THREAD_COUNT:
+        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def _shrink_factors(*images: sitk.Image) -> tuple[int, ...]:

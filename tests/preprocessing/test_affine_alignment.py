@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -141,6 +142,22 @@ def test_atlas_label_maps_onto_the_moving_case(aligned, case):
 def test_same_seed_gives_identical_parameters(aligned, case):
     again = align_to_atlas(case["image"], case["geometry"], case["atlas"], ATLAS_GEOMETRY, seed=0)
     assert again.to_dict() == aligned.to_dict()
+
+
+def test_concurrent_alignments_match_one_at_a_time_and_leave_the_thread_count(aligned, case):
+    """A prediction aligns cases in several reader threads: each must give what it gives alone (one-thread metric
+    sums), and SimpleITK's process-wide thread count must come back to what it was."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    try:
+        with ThreadPoolExecutor(3) as threads:
+            results = list(threads.map(
+                lambda _: align_to_atlas(case["image"], case["geometry"], case["atlas"], ATLAS_GEOMETRY, seed=0),
+                range(3)))
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 2
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    assert all(result.to_dict() == aligned.to_dict() for result in results)
 
 
 def test_permuted_and_flipped_direction():

@@ -17,6 +17,7 @@ import os
 from osmedseg.errors import OsmError
 
 REGISTRATION, TEACHER, DISTILLATION = "registration", "teacher", "distillation"
+SELF_TRAINING = "self_training"
 FINAL, LATEST = "checkpoint_final.pth", "checkpoint_latest.pth"
 CONFIG_FILE = "config.json"
 STUDENT_FILE = "student_{}.pth"

@@ -11,7 +11,7 @@ from osmedseg.errors import OsmError
 from osmedseg.paths import resolve_dataset_name, root_folder
 from osmedseg.planning.plans import load_plans
 from osmedseg.preprocessing.cache import list_cached_cases
-from osmedseg.run_folder import FINAL, REGISTRATION
+from osmedseg.run_folder import DISTILLATION, FINAL, REGISTRATION, SELF_TRAINING
 from osmedseg.synthesis.appearance_transfer import APPEARANCE_TRANSFERS
 from osmedseg.training.method_trainer import MethodTrainer
 from osmedseg.utilities.class_lookup import find_class
@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trainer class (default OSMedSegTrainer)")
     parser.add_argument("-p", dest="plans", default="osmPlans", help="plans name (default osmPlans)")
     parser.add_argument("-stage", default=None,
-                        help="run only this stage (registration, synthesis, distillation; SIKDTrainer also teacher; "
-                             "RRLMedSAMTrainer also sam_kd_natural, sam_kd_medical)")
+                        help="run only this stage (registration, synthesis, distillation; OSMedSegTrainer also "
+                             "self_training; SIKDTrainer also teacher; RRLMedSAMTrainer also sam_kd_natural, "
+                             "sam_kd_medical)")
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"), help="device (default cpu)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=int, default=None, help="epochs per trained stage (default: the trainer's)")
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "epoch (default 0.5)")
     dist.add_argument("-switch_max_boxes", type=int, default=None,
                       help="EFSMedSegTrainer: the regional switch pastes 1 to this many boxes (default 3)")
+    dist.add_argument("-self_training", type=float, default=None, metavar="FRACTION",
+                      help="after distillation, one self-training round: the student relabels the real images and "
+                           "training goes on from it for this fraction of the distillation's iterations (default 0: "
+                           "none; OSMedSegTrainer_SelfTraining: 0.25)")
     dist.add_argument("-optimizer", choices=("sgd", "adam"), default=None, help="default sgd (nnU-Net's)")
     dist.add_argument("-lr", type=float, default=None,
                       help="initial learning rate (default 1e-2 for sgd, 1e-3 for adam)")
@@ -135,6 +140,7 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
                          "real_fraction": args.real_fraction, "optimizer": args.optimizer, "lr": args.lr,
                          "pseudo_label_confidence": False if args.no_pseudo_label_confidence else None,
                          "warp_agreement": False if args.no_warp_agreement else None,
+                         "self_training": args.self_training,
                          "synthesis": args.synthesis, "compile": compile_flag,
                          "interpolate_flows": False if args.no_flow_interpolation else None},
         "rrl_medsam": {"sam_checkpoint": args.sam_checkpoint,
@@ -158,12 +164,18 @@ def check_training(trainer: MethodTrainer, results_root: str, device: str, only_
         if not os.path.isfile(registration) and not os.path.isfile(os.path.join(source, FINAL)):
             raise OsmError(f"-reuse_registration {reuse_from}: {source} has no finished registration stage "
                            f"(train {reuse_from} first)")
-    elif only_stage in ("synthesis", "teacher", "distillation") and not os.path.isfile(registration):
+    elif only_stage in ("synthesis", "teacher", "distillation", SELF_TRAINING) and not os.path.isfile(registration):
         raise OsmError(f"-stage {only_stage}: {os.path.dirname(registration)} has no finished registration stage; "
                        "run osm_train -stage registration first")
-    if only_stage in ("teacher", "distillation") and len(list_cached_cases(run.synthesis_folder)) < 2:
+    if only_stage in ("teacher", "distillation", SELF_TRAINING) and len(list_cached_cases(run.synthesis_folder)) < 2:
         raise OsmError(f"-stage {only_stage}: {run.synthesis_folder} holds no synthesised samples; run osm_train "
                        "-stage synthesis first")
+    if only_stage == SELF_TRAINING and SELF_TRAINING in trainer.stages and not trainer.runs_self_training():
+        raise OsmError(f"-stage {SELF_TRAINING}: -self_training must be > 0 (the round's fraction of the "
+                       "distillation's iterations), or use -tr OSMedSegTrainer_SelfTraining")
+    if only_stage == SELF_TRAINING and not os.path.isfile(run.checkpoint(DISTILLATION, FINAL)):
+        raise OsmError(f"-stage {SELF_TRAINING}: {run.stage(DISTILLATION)} has no finished distillation stage; run "
+                       "osm_train -stage distillation first")
 
 
 @cli_entry

@@ -81,10 +81,14 @@ class DistillationStage(StageTrainer):
         order = np.random.default_rng(self.seed).permutation(len(synthesised))
         self.validation_ids = sorted(synthesised[i] for i in order[:n_val])
         self.kept = [(c, s) for c, s in sorted(samples.items()) if c not in self.validation_ids]
-        train = [training_sample(s) for _, s in self.kept]
+        train = [self.sample_for_training(c, s) for c, s in self.kept]
         self.refreshable = [i for i, (_, s) in enumerate(self.kept) if s["role"] == "synthesised"]  # atlases stay
         validation = [{"image": samples[c]["real"], "label": samples[c]["label"]} for c in self.validation_ids]
         return train, validation
+
+    def sample_for_training(self, case_id: str, triplet: dict) -> dict[str, np.ndarray]:
+        """A kept triplet as a training sample: its real image with the registration pseudo-label."""
+        return training_sample(triplet)
 
     def build(self) -> None:
         configuration = self.plans.segmentation
@@ -134,15 +138,17 @@ class DistillationStage(StageTrainer):
 
     def student_batch(self, rng: np.random.Generator) -> dict[str, torch.Tensor | None]:
         """An augmented batch: ``image`` (the synthesised image, or with probability ``real_fraction`` per sample the
-        real one), ``real``, ``target`` (B, 1, ...) labels and ``weight`` (pseudo-label confidence, or None)."""
+        real one), ``real``, ``target`` (B, 1, ...) labels (the synthesised label, or the real image's pseudo-label)
+        and ``weight`` (pseudo-label confidence, or None)."""
         batch = self.transforms(**self.sampler.sample(rng))
         data = torch.from_numpy(batch["data"]).to(self.device)
         synthetic, real = data[:, :self.channels], data[:, self.channels:]
         use_real = rng.random(len(data)) < self.options["real_fraction"]
         image = torch.where(torch.from_numpy(use_real).to(self.device)[:, None, None, None, None], real, synthetic)
-        label, agreement = batch["seg"][:, :1], batch["seg"][:, 1:]
-        return {"image": image, "real": real, "target": torch.from_numpy(label).long().to(self.device),
-                "weight": self.pseudo_label_weights(label, agreement, use_real)}
+        label, real_label, agreement = batch["seg"][:, :1], batch["seg"][:, 1:2], batch["seg"][:, 2:]
+        target = np.where(use_real[:, None, None, None, None], real_label, label)
+        return {"image": image, "real": real, "target": torch.from_numpy(target).long().to(self.device),
+                "weight": self.pseudo_label_weights(target, agreement, use_real)}
 
     def train_step(self, rng: np.random.Generator) -> dict[str, float]:
         batch = self.student_batch(rng)
@@ -172,11 +178,16 @@ class DistillationStage(StageTrainer):
         if not use_real.any() or not (use_confidence or use_agreement):
             return None
         weights = np.ones(seg.shape, dtype=np.float32)
-        uncertainty = max(self.plans.registration.spacing)
+        uncertainty = self.pseudo_label_uncertainty()
         for b in np.flatnonzero(use_real):
             weights[b, 0] = pseudo_label_weights(seg[b, 0], self.plans.segmentation.spacing, uncertainty,
                                                  agreement[b, 0] if use_agreement else None, use_confidence)
         return torch.from_numpy(weights).to(self.device)
+
+    def pseudo_label_uncertainty(self) -> float:
+        """How far (mm) a pseudo-label's boundaries may be off: about one voxel of the grid the registration's flow
+        lives on."""
+        return max(self.plans.registration.spacing)
 
     def hint_weight(self) -> float:
         """``lambda_hint``, ramped linearly from 0 over the first ``hint_warmup`` fraction of the iterations.
@@ -201,7 +212,10 @@ class DistillationStage(StageTrainer):
         return {"pseudo_dice": dice, "pseudo_dice_ema": self.ema}
 
     def end_of_training(self) -> None:
+        """The student as ``student_final.pth`` (what ``osm_predict`` loads; a later stage such as self-training
+        replaces it) and as this stage's own ``student_<stage>.pth``."""
         self.save_student("final")
+        self.save_student(self.stage_name)
 
     def extra_state(self) -> dict:
         return {"ema": self.ema, "best_ema": self.best_ema}
@@ -232,17 +246,29 @@ def check_options(options: dict) -> None:
         raise OsmError(f"-hint_warmup must be in [0, 1], got {warmup}")
     if real is not None and not 0 <= real <= 1:
         raise OsmError(f"-real_fraction must be in [0, 1], got {real}")
+    rounds = options.get("self_training")
+    if rounds is not None and not 0 <= rounds <= 1:
+        raise OsmError(f"-self_training must be in [0, 1], got {rounds}")
 
 
-SEG_KEYS = ("label", "agreement")  # the per-voxel maps a training sample's patches carry through augmentation
+SEG_KEYS = ("label", "real_label", "agreement")  # the per-voxel maps a sample's patches carry through augmentation
 
 
-def training_sample(triplet: dict) -> dict[str, np.ndarray]:
-    """Synthesised image and real image stacked as channels (augmented together), with the synthesised label and
-    its ``agreement`` with the atlas label of the affine alignment alone (1 where equal; all 1 for a sample
-    without an ``affine_label``, such as an atlas with its manual label)."""
+def training_sample(triplet: dict, relabelled: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Synthesised image and real image stacked as channels (augmented together), with the synthesised ``label``
+    (exact for the synthesised image), the real image's pseudo-label ``real_label`` and its ``agreement`` map (1
+    where the pseudo-label is trusted). By default the pseudo-label is the synthesised label itself, trusted where
+    it equals the atlas label of the affine alignment alone (everywhere for a sample without an ``affine_label``,
+    such as an atlas with its manual label); a self-training round passes its own ``relabelled`` (label,
+    agreement)."""
     label = triplet["label"]
-    affine_label = triplet.get("affine_label")
-    agreement = np.ones(label.shape, np.int16) if affine_label is None else \
-        (label == affine_label).astype(np.int16)
-    return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": label, "agreement": agreement}
+    if relabelled is not None:
+        real_label, agreement = relabelled
+    else:
+        affine_label = triplet.get("affine_label")
+        real_label = label
+        agreement = np.ones(label.shape, np.int16) if affine_label is None else (label == affine_label)
+    return {"data": np.concatenate([triplet["image"], triplet["real"]]), "label": label,
+            "real_label": real_label.astype(np.int16, copy=False),
+            "agreement": agreement.astype(np.int16, copy=False)}

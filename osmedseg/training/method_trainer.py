@@ -16,12 +16,14 @@ from osmedseg.preprocessing.cache import list_cached_cases
 from osmedseg.planning.fingerprint import FINGERPRINT_FILE
 from osmedseg.planning.plans import PLANS_FILE, Plans
 from osmedseg.registration.trained import TrainedRegistration
-from osmedseg.run_folder import DATASET_JSON, DISTILLATION, FINAL, REGISTRATION, SYNTHESIS_FOLDER, TEACHER, RunFolder
+from osmedseg.run_folder import (DATASET_JSON, DISTILLATION, FINAL, REGISTRATION, SELF_TRAINING, SYNTHESIS_FOLDER,
+                                  TEACHER, RunFolder)
 from osmedseg.synthesis.offline import CaseCaches, synthesize_offline
 from osmedseg.synthesis.on_the_fly import OnTheFlySynthesizer
 from osmedseg.training.distillation_stage import DistillationStage
 from osmedseg.training.registration_data import RegistrationVolumes
 from osmedseg.training.registration_stage import RegistrationStage
+from osmedseg.training.self_training_stage import SelfTrainingStage
 from osmedseg.training.stage_trainer import StageTrainer
 from osmedseg.training.time_estimate import distillation_seconds, estimate, registration_seconds
 from osmedseg.utilities.atomic import atomic_path, save_json_atomic
@@ -36,7 +38,9 @@ class MethodTrainer:
     A variant is a subclass that changes a class attribute, e.g. ``distillation_options = {"lambda_hint": 0}``.
     ``options`` maps a stage name (``registration``, ``synthesis``, ``distillation``) to that stage's options from
     the command line; they override the class defaults. A method with a separately trained teacher (SIKD) adds the
-    stage ``teacher`` before ``distillation``; it takes the distillation options (same data, same schedule).
+    stage ``teacher`` before ``distillation``; it takes the distillation options (same data, same schedule). A
+    method with the stage ``self_training`` after ``distillation`` runs it when the distillation option
+    ``self_training`` (the round's fraction of the distillation's iterations) is above 0; it takes those options too.
     """
 
     stages: tuple[str, ...] = (REGISTRATION, "synthesis", DISTILLATION)
@@ -78,9 +82,10 @@ class MethodTrainer:
         """Instantiate the stage ``name`` with its own options."""
         if name == REGISTRATION:
             return self.registration_stage(**self.common, **self.options[REGISTRATION])
-        if name in (TEACHER, DISTILLATION) and name in self.stages:
+        if name in (TEACHER, DISTILLATION, SELF_TRAINING) and name in self.stages:
             options = self.options[DISTILLATION]
-            stage = self.teacher_stage if name == TEACHER else self.distillation_stage
+            stage = {TEACHER: self.teacher_stage, DISTILLATION: self.distillation_stage,
+                     SELF_TRAINING: SelfTrainingStage}[name]
             return stage(**self.common, caches=self.caches, synthesizer=self.on_the_fly_synthesizer(options),
                          **options)
         raise OsmError(f"{type(self).__name__} has no stage {name!r} (stages: {', '.join(self.stages)})")
@@ -115,16 +120,20 @@ class MethodTrainer:
         registration = self.registration_stage(**self.common, **self.options[REGISTRATION])
         distillation = self.distillation_stage(**self.common, caches=self.caches, **self.options[DISTILLATION])
         reg_options, dist_options = registration.options, distillation.options
+        student_stages = {TEACHER: distillation, DISTILLATION: distillation}  # a teacher stage has its schedule
+        if self.runs_self_training():
+            student_stages[SELF_TRAINING] = SelfTrainingStage(**self.common, caches=self.caches,
+                                                              **self.options[DISTILLATION])
         validation = min(registration.VALIDATION_VOLUMES, unlabeled)
         held_out = min(max(1, round(dist_options["validation_fraction"] * unlabeled)), max(1, unlabeled - 1))
         seconds = estimate({
             REGISTRATION: (lambda: registration_seconds(
                 self.plans, channels, reg_options, device, registration.epochs * registration.iterations_per_epoch,
                 registration.epochs, validation, unlabeled), REGISTRATION in stages),
-            **{name: (lambda: distillation_seconds(
+            **{name: (lambda stage=stage: distillation_seconds(
                 self.plans, channels, max(label_values(self.dataset_json)) + 1, dist_options, device,
-                distillation.epochs * distillation.iterations_per_epoch, distillation.epochs, held_out),
-                name in stages) for name in (TEACHER, DISTILLATION)}})
+                stage.epochs * stage.iterations_per_epoch, stage.epochs, held_out),
+                name in stages) for name, stage in student_stages.items()}})
         if seconds:
             parts = ", ".join(f"{name} {value / 60:.1f}" for name, value in seconds.items())
             print(f"estimated training time: {sum(seconds.values()) / 60:.1f} min ({parts}; registration is a "
@@ -164,9 +173,10 @@ class MethodTrainer:
         self.prepare_run_folder()
         if reuse_registration_from:
             self.reuse_registration(reuse_registration_from)
-        to_train = [name for name in (REGISTRATION, TEACHER, DISTILLATION) if name in self.stages
+        to_train = [name for name in (REGISTRATION, TEACHER, DISTILLATION, SELF_TRAINING) if name in self.stages
                     and (only_stage == name or (only_stage is None and not
-                                                os.path.isfile(self.run_folder.checkpoint(name, FINAL))))]
+                                                os.path.isfile(self.run_folder.checkpoint(name, FINAL))))
+                    and (name != SELF_TRAINING or self.runs_self_training())]
         if distributed_context()[0] == 0 and to_train:
             self.print_time_estimate(to_train)
         for name in self.stages:
@@ -175,11 +185,17 @@ class MethodTrainer:
             if name == "synthesis":
                 self.run_synthesis()
                 continue
+            if name == SELF_TRAINING and only_stage is None and not self.runs_self_training():
+                continue
             stage = self.make_stage(name)
             if stage.is_finished() and only_stage is None:
                 print(f"{name}: final checkpoint exists, skipping ({stage.checkpoint_path(FINAL)})")
                 continue
             stage.run(resume=resume)
+
+    def runs_self_training(self) -> bool:
+        """Whether a full run includes the self-training round (the option ``self_training`` above 0)."""
+        return SELF_TRAINING in self.stages and self.options[DISTILLATION].get("self_training", 0) > 0
 
     def run_synthesis(self) -> None:
         """Synthesise one labeled pair per usable unlabeled volume with the trained registration (and write the

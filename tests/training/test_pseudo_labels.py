@@ -103,22 +103,41 @@ def test_a_structure_thinner_than_the_uncertainty_ignores_the_agreement():
     assert (weights[(label == 0) & (agreement == 0)] == 0).all()
 
 
-def test_the_agreement_map_moves_with_the_label_through_augmentation():
+def test_the_pseudo_label_maps_move_with_the_label_through_augmentation():
     label = _cube()
+    real_label = np.roll(label, 3, axis=1)
     agreement = np.ones_like(label)
     agreement[:, :, 10:] = 0
     sample = {"data": np.random.default_rng(0).standard_normal((2, *label.shape)).astype(np.float32),
-              "label": label, "agreement": agreement}
+              "label": label, "real_label": real_label, "agreement": agreement}
     sampler = PatchSampler([sample], [20, 20, 20], 2, 0.0, seed=0, seg_keys=SEG_KEYS)
     batch = sampler.sample(np.random.default_rng(0))
-    assert batch["seg"].shape == (2, 2, 20, 20, 20)
-    np.testing.assert_array_equal(batch["seg"][0, 0], label)
-    np.testing.assert_array_equal(batch["seg"][0, 1], agreement)
-    # a map equal to the label stays equal to it through rotation, scaling and mirroring
-    moved = PatchSampler([{**sample, "agreement": label.copy()}], [20, 20, 20], 2, 0.0, seed=0, seg_keys=SEG_KEYS)
+    assert batch["seg"].shape == (2, 3, 20, 20, 20)
+    for channel, expected in enumerate((label, real_label, agreement)):
+        np.testing.assert_array_equal(batch["seg"][0, channel], expected)
+    # maps equal to the label stay equal to it through rotation, scaling and mirroring
+    moved = PatchSampler([{**sample, "real_label": label.copy(), "agreement": label.copy()}], [20, 20, 20], 2, 0.0,
+                         seed=0, seg_keys=SEG_KEYS)
     transforms = training_transforms([16, 16, 16], [0, 1, 2])
     np.random.seed(0)
     for seed in range(8):
         out = transforms(**moved.sample(np.random.default_rng(seed)))
-        np.testing.assert_array_equal(out["seg"][:, 1], out["seg"][:, 0])
+        for channel in (1, 2):
+            np.testing.assert_array_equal(out["seg"][:, channel], out["seg"][:, 0])
         assert set(np.unique(out["seg"]).tolist()) <= {0, 1}
+
+
+def test_a_self_training_round_gives_the_real_image_its_own_label():
+    """The synthesised image keeps its exact label; the real one takes the relabelled map and its agreement."""
+    label = _cube()
+    triplet = {"image": np.zeros((1, *label.shape), np.float32), "real": np.ones((1, *label.shape), np.float32),
+               "label": label, "affine_label": np.roll(label, 2, axis=2)}
+    relabelled = np.roll(label, -1, axis=0)
+    unanimous = np.zeros(label.shape, bool)
+    unanimous[:10] = True
+    sample = training_sample(triplet, (relabelled, unanimous))
+    np.testing.assert_array_equal(sample["label"], label)
+    np.testing.assert_array_equal(sample["real_label"], relabelled)
+    np.testing.assert_array_equal(sample["agreement"], unanimous.astype(np.int16))
+    registration = training_sample(triplet)  # by default: the registration pseudo-label, the synthesised label
+    np.testing.assert_array_equal(registration["real_label"], label)

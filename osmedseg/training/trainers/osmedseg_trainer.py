@@ -4,11 +4,15 @@ The variants are the ablations the paper reports, each changing one option.
 """
 from __future__ import annotations
 
+from osmedseg.run_folder import DISTILLATION, REGISTRATION, SELF_TRAINING
 from osmedseg.training.method_trainer import MethodTrainer
 
 
 class OSMedSegTrainer(MethodTrainer):
-    """The default method: contrastive registration, offline synthesis, hint loss on the last two decoder layers."""
+    """The default method: contrastive registration, offline synthesis, hint loss on the last two decoder layers;
+    a self-training round after distillation when ``-self_training`` asks for one."""
+
+    stages = (REGISTRATION, "synthesis", DISTILLATION, SELF_TRAINING)
 
 
 class OSMedSegTrainer_NoHint(OSMedSegTrainer):
@@ -46,3 +50,10 @@ class OSMedSegTrainer_NoAppearanceTransfer(OSMedSegTrainer):
     """Synthesised images keep the atlas's intensities (no histogram matching to the real target)."""
 
     synthesis_options = {"appearance_transfer": "none"}
+
+
+class OSMedSegTrainer_SelfTraining(OSMedSegTrainer):
+    """One self-training round after distillation: the distilled student relabels the real images (agreement over
+    mirroring TTA) and training goes on from it for a quarter of the distillation's iterations."""
+
+    distillation_options = {"self_training": 0.25}

@@ -60,7 +60,7 @@ def _tiles(shape: Sequence[int], patch: Sequence[int], step_size: float) -> list
     return [tuple(slice(o, o + p) for o, p in zip(origin, patch)) for origin in itertools.product(*starts)]
 
 
-def _flips(mirror_axes: Sequence[int] | None, ndim: int) -> list[tuple[int, ...]]:
+def mirror_flips(mirror_axes: Sequence[int] | None, ndim: int) -> list[tuple[int, ...]]:
     """All subsets of the mirror axes, as dims of a (C, *spatial) tensor; the empty flip first."""
     axes = sorted(set(mirror_axes or ()))
     if any(not 0 <= a < ndim for a in axes):
@@ -68,7 +68,8 @@ def _flips(mirror_axes: Sequence[int] | None, ndim: int) -> list[tuple[int, ...]
     return [tuple(a + 1 for a in c) for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-def _flip(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+def flipped(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``x`` flipped along ``dims`` (a flip of ``mirror_flips``); itself for the empty flip."""
     return torch.flip(x, dims) if dims else x
 
 
@@ -174,7 +175,7 @@ def predict_sliding_window(
         raise ValueError(f"need 0 < step_size <= 1 and tile_batch_size >= 1, got {step_size}, {tile_batch_size}")
     device = torch.device(device) if device is not None else image.device
     network_dtype = compute_dtype(device, precision)
-    flips = _flips(mirror_axes, len(patch))
+    flips = mirror_flips(mirror_axes, len(patch))
     padded, crop = _pad_to_patch(image.to(device=device, dtype=torch.float32), patch)
     tiles = _tiles(padded.shape[1:], patch, step_size)
     channels = num_classes if linear_head is None else _linear_head_channels(linear_head, num_classes, len(patch))
@@ -183,7 +184,7 @@ def predict_sliding_window(
     with torch.inference_mode():
         for first in tqdm(range(0, len(jobs), tile_batch_size), disable=not progress, desc="sliding window"):
             chunk = jobs[first : first + tile_batch_size]
-            batch = torch.stack([_flip(padded[(slice(None), *tile)], flip) for tile, flip in chunk])
+            batch = torch.stack([flipped(padded[(slice(None), *tile)], flip) for tile, flip in chunk])
             with autocast(device, network_dtype):
                 prediction = network_fn(batch)
             if prediction.shape != (len(chunk), channels, *patch):
@@ -200,7 +201,7 @@ def predict_sliding_window(
             mean = _widened_if_needed(mean, prediction)
             prediction = prediction.to(device=mean.device, dtype=mean.dtype)
             for (tile, flip), tile_output in zip(chunk, prediction):
-                mean[(slice(None), *tile)].addcmul_(_flip(tile_output, flip), fraction(tile, mean.dtype))
+                mean[(slice(None), *tile)].addcmul_(flipped(tile_output, flip), fraction(tile, mean.dtype))
             del prediction
     mean = mean[(slice(None), *crop)]
     logits = mean if linear_head is None else _classify(linear_head, mean, math.prod(patch))

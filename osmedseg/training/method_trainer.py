@@ -173,19 +173,19 @@ class MethodTrainer:
         self.prepare_run_folder()
         if reuse_registration_from:
             self.reuse_registration(reuse_registration_from)
-        to_train = [name for name in (REGISTRATION, TEACHER, DISTILLATION, SELF_TRAINING) if name in self.stages
+        # a self-training round is planned when asked for, by its option or by -stage
+        planned = [name for name in self.stages
+                   if name != SELF_TRAINING or only_stage == name or self.runs_self_training()]
+        to_train = [name for name in (REGISTRATION, TEACHER, DISTILLATION, SELF_TRAINING) if name in planned
                     and (only_stage == name or (only_stage is None and not
-                                                os.path.isfile(self.run_folder.checkpoint(name, FINAL))))
-                    and (name != SELF_TRAINING or self.runs_self_training())]
+                                                os.path.isfile(self.run_folder.checkpoint(name, FINAL))))]
         if distributed_context()[0] == 0 and to_train:
             self.print_time_estimate(to_train)
-        for name in self.stages:
+        for name in planned:
             if only_stage is not None and name != only_stage:
                 continue
             if name == "synthesis":
                 self.run_synthesis()
-                continue
-            if name == SELF_TRAINING and only_stage is None and not self.runs_self_training():
                 continue
             stage = self.make_stage(name)
             if stage.is_finished() and only_stage is None:

@@ -22,13 +22,14 @@ loads); the distillation's stays as ``student_distillation.pth``.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 
 import numpy as np
 import torch
 
 from osmedseg.errors import OsmError
-from osmedseg.inference.sliding_window import predict_sliding_window
+from osmedseg.inference.sliding_window import flipped, mirror_flips, predict_sliding_window
 from osmedseg.networks.unet import build_network
 from osmedseg.preprocessing.cache import case_files, is_complete
 from osmedseg.run_folder import DISTILLATION, FINAL, SELF_TRAINING
@@ -57,8 +58,7 @@ class SelfTrainingStage(DistillationStage):
         self.relabelled, self.from_cache = 0, 0
 
     def build(self) -> None:
-        self.distilled = self.distilled_state()
-        self.source = distilled_digest(self.run_folder)
+        self.distilled, self.source = self.distilled_state()
         super().build()  # the split relabels the kept samples' real images (``sample_for_training``)
         for name, module in self.modules.items():
             module.load_state_dict(self.distilled["modules"][name])
@@ -66,13 +66,17 @@ class SelfTrainingStage(DistillationStage):
         print(f"{SELF_TRAINING}: {self.relabelled} real images labelled by the distilled student "
               f"({self.from_cache} of them cached)", flush=True)
 
-    def distilled_state(self) -> dict:
-        """The distillation stage's final checkpoint."""
+    def distilled_state(self) -> tuple[dict, str]:
+        """The distillation stage's final checkpoint, and a short digest of its file (the labels made from it are
+        valid while it is), from one read."""
         path = self.run_folder.checkpoint(DISTILLATION, FINAL)
         if not os.path.isfile(path):
             raise OsmError(f"{os.path.dirname(path)}: the distillation stage has not finished; run osm_train "
                            "-stage distillation first")
-        return torch.load(path, map_location=self.device, weights_only=False)
+        with open(path, "rb") as f:
+            content = f.read()
+        state = torch.load(io.BytesIO(content), map_location=self.device, weights_only=False)
+        return state, hashlib.sha1(content).hexdigest()[:16]
 
     def sample_for_training(self, case_id: str, triplet: dict) -> dict[str, np.ndarray]:
         """A synthesised sample's real image takes the distilled student's label; the atlases keep theirs."""
@@ -112,16 +116,11 @@ def tta_label(student: torch.nn.Module, image: np.ndarray, patch_size: list[int]
               mirror_axes: list[int] | None, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """The student's label of ``image`` (C, Z, Y, X): the argmax of the mean softmax over the mirror flips, and
     where every flip's own argmax agrees with it (int16 maps, Z, Y, X)."""
-    axes = tuple(mirror_axes or ())
-    flips = [tuple(a + 1 for k, a in enumerate(axes) if mask >> k & 1) for mask in range(2 ** len(axes))]
     tensor = torch.from_numpy(image)
     mean, votes = None, []
-    for dims in flips:
-        flipped = torch.flip(tensor, dims) if dims else tensor
-        logits = predict_sliding_window(lambda x: student(x)["out"], flipped, patch_size, num_classes,
-                                        mirror_axes=None, device=device).float()
-        if dims:
-            logits = torch.flip(logits, dims)
+    for dims in mirror_flips(mirror_axes, tensor.dim() - 1):
+        logits = flipped(predict_sliding_window(lambda x: student(x)["out"], flipped(tensor, dims), patch_size,
+                                                num_classes, mirror_axes=None, device=device).float(), dims)
         votes.append(logits.argmax(0).to(torch.int16))
         probabilities = torch.softmax(logits, 0)
         mean = probabilities if mean is None else mean.add_(probabilities)
@@ -131,11 +130,3 @@ def tta_label(student: torch.nn.Module, image: np.ndarray, patch_size: list[int]
         unanimous &= vote == label
     return label.cpu().numpy(), unanimous.cpu().numpy().astype(np.int16)
 
-
-def distilled_digest(run_folder) -> str:
-    """A short digest of the distillation stage's final checkpoint: the labels made from it are valid while it is."""
-    digest = hashlib.sha1()
-    with open(run_folder.checkpoint(DISTILLATION, FINAL), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]

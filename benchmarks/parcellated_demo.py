@@ -24,7 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quality import data_roots  # noqa: E402
 
-from osmedseg.dataset.demo import GROUND_TRUTH_FILE, LABELS, create_demo_dataset, subject_to_atlas  # noqa: E402
+from osmedseg.dataset.demo import (GROUND_TRUTH_FILE, LABELS, create_demo_dataset, subject_to_atlas,  # noqa: E402
+                                   voxel_points)
 from osmedseg.io import read_label, write_label  # noqa: E402
 from osmedseg.utilities.atomic import save_json_atomic  # noqa: E402
 
@@ -57,13 +58,6 @@ def parcellate(structures: np.ndarray, atlas_points: np.ndarray) -> np.ndarray:
     out[ventricles & (x > 0)], out[ventricles & (x <= 0)] = names["left_ventricle"], names["right_ventricle"]
     out[structures == DEMO["vessel"]], out[structures == DEMO["nucleus"]] = names["vessel"], names["nucleus"]
     return out
-
-
-def voxel_points(shape: tuple[int, ...], geometry) -> np.ndarray:
-    """LPS physical (x, y, z) of every voxel of a (Z, Y, X) array, in C order."""
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
-    index = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(k.size)], axis=1)
-    return np.einsum("ij,nj->ni", geometry.index_to_physical_matrix()[:3], index)
 
 
 def write_parcellated(demo: str, target: str) -> None:

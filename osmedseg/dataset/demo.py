@@ -152,11 +152,12 @@ def _head_centre() -> np.ndarray:
     return GEOMETRY.index_to_physical_matrix()[:3] @ np.append((np.asarray(SHAPE[::-1]) - 1) / 2.0, 1.0)
 
 
-def _voxel_points() -> np.ndarray:
-    """LPS physical (x, y, z) of every voxel, in (Z, Y, X) C order."""
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in SHAPE), indexing="ij")
+def voxel_points(shape: tuple[int, ...] = SHAPE, geometry: Geometry = GEOMETRY) -> np.ndarray:
+    """LPS physical (x, y, z) of every voxel of a (Z, Y, X) array of ``geometry``, in C order (default: the demo's
+    grid)."""
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
     index = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(k.size)], axis=1)
-    return np.einsum("ij,nj->ni", GEOMETRY.index_to_physical_matrix()[:3], index)
+    return np.einsum("ij,nj->ni", geometry.index_to_physical_matrix()[:3], index)
 
 
 def _grid_origin_shape() -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -267,7 +268,7 @@ def _subject(seed: int, index: int, points: np.ndarray) -> tuple[np.ndarray, np.
 
 def _write_dataset(folder: str, seed: int, n_unlabeled: int, n_test: int, n_atlases: int = 1) -> None:
     roles = ["atlas"] * n_atlases + ["unlabeled"] * n_unlabeled + ["test"] * n_test
-    points, cases = _voxel_points(), []
+    points, cases = voxel_points(), []
     for index, role in enumerate(roles):
         structures, image, truth = _subject(seed, index, points)
         case_id = f"demo_{index:03d}"

@@ -146,17 +146,14 @@ def test_checkpoint_write_killed_midway_leaves_the_previous_complete_file(tmp_pa
         torch.save = save_part_then_hang
         torch_save_atomic({"epoch": 2, "weights": torch.ones(8)}, sys.argv[1])
     """)
-    path = str(tmp_path / LATEST)
-    writing = tmp_path / "writing"
-    process = subprocess.Popen([sys.executable, "-c", script, path, str(writing)])
-    try:
-        deadline = time.time() + 120
-        while not writing.exists():
-            assert process.poll() is None and time.time() < deadline
-            time.sleep(0.01)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    path, writing, log_file = str(tmp_path / LATEST), str(tmp_path / "writing"), str(tmp_path / "writer.log")
+    with open(log_file, "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", script, path, writing], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(writing, process, log_file, timeout=120.0)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
     names = [os.path.basename(p) for p in glob.glob(str(tmp_path / "checkpoint_*.pth"))]
     assert names == [LATEST]
     state = _load(path)  # the first checkpoint, whole

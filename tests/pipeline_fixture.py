@@ -2,7 +2,8 @@
 
 ``build_trained_demo``: the whole public pipeline, once per test session, on a reduced demo (1 atlas, 4 unlabeled,
 2 labeled test volumes) with the default plans: plan and preprocess, registration, synthesis + distillation (student
-with hint), the no-hint student reusing that registration, predictions of the four methods and their evaluation.
+with hint), predictions of the three methods and their evaluation. (Variants that reuse this registration, such as the
+no-hint student, are tested on the small demo: tests/training/test_trainer_variants.py.)
 
 ``build_small_demo``: a demo planned on a coarse grid (3 x 4 x 4 mm: a registration step takes a few ms) and
 preprocessed for registration only; for the tests of the stage loop (resume, NaN guard) and of offline synthesis.
@@ -20,13 +21,12 @@ import pytest
 
 from osmedseg.dataset.demo import DEMO_DATASET_NAME, create_demo_dataset
 
-TRAINER, NO_HINT = "OSMedSegTrainer", "OSMedSegTrainer_NoHint"
+TRAINER = "OSMedSegTrainer"
 # Reduced schedule of the end-to-end pipeline. Registration 50 iterations (2 epochs of 25) at lr 1e-3 (the
-# default 3e-4 suits the default 500 iterations), distillation 100 iterations (2 epochs of 50) per student; the
-# floors asserted on them are in tests/test_pipeline_end_to_end.py.
+# default 3e-4 suits the default 500 iterations), distillation 100 iterations (2 epochs of 50); the floors asserted
+# on them are in tests/test_pipeline_end_to_end.py.
 REGISTRATION_ITERS, DISTILLATION_ITERS = 50, 100
-METHODS = {"affine": ["-method", "affine"], "registration": ["-method", "registration"],
-           "student_nohint": ["-tr", NO_HINT], "student": []}
+METHODS = {"affine": ["-method", "affine"], "registration": ["-method", "registration"], "student": []}
 
 
 def run_cli(main: Callable, argv: list[str]) -> tuple[int, str, str]:
@@ -75,10 +75,6 @@ def build_trained_demo(root: str) -> dict:
         start = time.time()
         full_run = checked(train_main, ["-d", "Demo", "--iters", str(DISTILLATION_ITERS), "--no_pbar"], log)
         seconds["synthesis_and_distillation"] = time.time() - start
-        start = time.time()
-        checked(train_main, ["-d", "Demo", "-tr", NO_HINT, "-reuse_registration", TRAINER, "--iters",
-                             str(DISTILLATION_ITERS), "--no_pbar"], log)
-        seconds["distillation_nohint"] = time.time() - start
         predictions, summaries = {}, {}
         for name, flags in METHODS.items():
             predictions[name] = os.path.join(root, "predictions", name)
@@ -93,7 +89,6 @@ def build_trained_demo(root: str) -> dict:
     results = os.path.join(roots["results"], DEMO_DATASET_NAME)
     return {"roots": roots, "raw": raw, "preprocessed": os.path.join(roots["preprocessed"], DEMO_DATASET_NAME),
             "run_folder": os.path.join(results, f"{TRAINER}__osmPlans"),
-            "nohint_folder": os.path.join(results, f"{NO_HINT}__osmPlans"),
             "predictions": predictions, "summaries": summaries, "full_run_output": full_run, "log": log,
             "seconds": seconds}
 

@@ -26,6 +26,7 @@ from osmedseg.inference.run_prediction import predict_folder as predict_cases
 from osmedseg.run_folder import RunFolder
 
 ITERATIONS, SIGMA_VOXELS = 100, 1.5
+HISTOGRAM_LEVELS, MATCH_POINTS = 256, 15  # SimpleITK's default of 1 match point only matches the mean
 
 
 class DemonsPredictor(RegistrationPredictor):
@@ -47,10 +48,10 @@ def demons_flow(atlas: np.ndarray, target: np.ndarray, spacing: list[float], ite
     """Diffeomorphic demons from ``atlas`` (histogram-matched) onto ``target`` (Z, Y, X arrays with ``spacing`` in
     mm, z first), as osmedseg's flow: 1 x 3 (z, y, x) x Z x Y x X in voxels, ``warp(atlas, flow)`` ~ target."""
     fixed = _grid_image(target, spacing)
-    moving = sitk.HistogramMatching(_grid_image(atlas, spacing), fixed)
+    moving = sitk.HistogramMatching(_grid_image(atlas, spacing), fixed, HISTOGRAM_LEVELS, MATCH_POINTS)
     demons = sitk.DiffeomorphicDemonsRegistrationFilter()
     demons.SetNumberOfIterations(iterations)
-    demons.SetStandardDeviations([sigma_voxels * s for s in reversed(spacing)])  # x, y, z in mm
+    demons.SetStandardDeviations(sigma_voxels)  # ITK smooths the field in voxel units, whatever the spacing
     field = sitk.GetArrayFromImage(demons.Execute(fixed, moving))  # Z, Y, X, (x, y, z) in mm
     voxels = field[..., ::-1] / np.asarray(spacing)
     return torch.from_numpy(np.ascontiguousarray(voxels.transpose(3, 0, 1, 2)))[None].float()

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-from demons_peer import _grid_image, demons_flow  # noqa: E402
+from demons_peer import HISTOGRAM_LEVELS, MATCH_POINTS, _grid_image, demons_flow  # noqa: E402
 
 from osmedseg.registration.spatial_transformer import warp  # noqa: E402
 
@@ -37,12 +37,21 @@ def test_flow_warps_like_simpleitk_resampling_with_the_demons_field(pair):
     fixed, moving = _grid_image(target, spacing), _grid_image(atlas, spacing)
     demons = sitk.DiffeomorphicDemonsRegistrationFilter()
     demons.SetNumberOfIterations(20)
-    demons.SetStandardDeviations([1.5 * s for s in reversed(spacing)])
-    field = demons.Execute(fixed, sitk.HistogramMatching(moving, fixed))
+    demons.SetStandardDeviations(1.5)
+    field = demons.Execute(fixed, sitk.HistogramMatching(moving, fixed, HISTOGRAM_LEVELS, MATCH_POINTS))
     transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
     expected = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, transform, sitk.sitkLinear))
     ours = warp(torch.from_numpy(atlas)[None, None], flow)[0, 0].numpy()
     np.testing.assert_allclose(ours[2:-2, 2:-2, 2:-2], expected[2:-2, 2:-2, 2:-2], atol=1e-4)
+
+
+def test_smoothing_is_in_grid_voxels_whatever_the_spacing(pair):
+    """The same arrays on a grid of 3 mm and of 1 mm voxels give the same flow in voxels (``--sigma`` is in voxels;
+    scaling it by the spacing once smoothed a 3 mm brain grid three times as much)."""
+    atlas, target, _ = pair
+    fine, coarse = (demons_flow(atlas, target, [s] * 3, iterations=20, sigma_voxels=1.5) for s in (1.0, 3.0))
+    assert fine.abs().max() > 0.5
+    torch.testing.assert_close(coarse, fine, atol=1e-4, rtol=0)
 
 
 def test_demons_moves_the_atlas_towards_the_target(pair):

@@ -1,8 +1,10 @@
 """Quality benchmark: run the public CLI end to end on a raw dataset and print one table of methods.
 
 Rows: the atlas label copied unchanged (no registration), affine-only atlas copy, SimpleITK's diffeomorphic demons
-after the same affine (the classical peer, ``demons_peer.py``, on all cores; ``--no_demons`` leaves it out), registration baseline,
-student without hint, student with hint (and any further trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
+after the same affine (the classical peer on osmedseg's registration grid, ``demons_peer.py``), SimpleITK's own
+affine and demons on each test image's native grid (the plain peer, ``plain_sitk_peer.py``; both peers on all cores,
+``--no_demons`` leaves them out), registration baseline, student without hint, student with hint (and any further
+trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
 minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the median test
 case of the best method into --out.
 
@@ -26,9 +28,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demons_peer import predict_folder as predict_with_demons  # noqa: E402
+from plain_sitk_peer import predict_folder as predict_with_plain_sitk  # noqa: E402
 
 DEFAULT_ROOT = os.path.abspath("osmedseg_data")
 PEER_ROW, PEER_FOLDER = "SimpleITK demons after our affine (peer)", "demons"
+PLAIN_PEER_ROW, PLAIN_PEER_FOLDER = "SimpleITK affine + demons, native grid (plain peer)", "plain_sitk"
 STUDENT_ROWS = (("student without hint", "OSMedSegTrainer_NoHint"), ("student with hint", "OSMedSegTrainer"))
 APPROXIMATE = ("EFSMedSegTrainer",)  # re-implemented from an abstract: no public code to check against (METHODS 4)
 
@@ -146,7 +150,7 @@ def main() -> None:
     parser.add_argument("--extra_trainers", nargs="*", default=[],
                         help="further trainers to add as rows, e.g. SIKDTrainer EFSMedSegTrainer (each trained stage "
                              "gets --distill_epochs; SIKD has two: teacher and student)")
-    parser.add_argument("--no_demons", action="store_true", help="leave out the SimpleITK demons peer row")
+    parser.add_argument("--no_demons", action="store_true", help="leave out the two SimpleITK demons peer rows")
     parser.add_argument("--extra_train_args", default="",
                         help="osm_train flags for the extra trainers, one string (e.g. \"--allow_random_sam "
                              "--natural_images DIR -sam_input_size 256\" for RRLMedSAMTrainer)")
@@ -192,14 +196,18 @@ def main() -> None:
         rows.append(row(label, evaluate(labels, os.path.join(out, folder), dataset_json), train_minutes, seconds,
                         n_cases))
         if folder == "affine" and not args.no_demons:
+            threads = os.cpu_count() or 1
             seconds = predict_with_demons(os.path.join(roots["results"], name, "OSMedSegTrainer__osmPlans"), images,
-                                          os.path.join(out, PEER_FOLDER), threads=os.cpu_count() or 1)
+                                          os.path.join(out, PEER_FOLDER), threads=threads)
             rows.append(row(PEER_ROW, evaluate(labels, os.path.join(out, PEER_FOLDER), dataset_json), None, seconds,
                             n_cases))
+            seconds = predict_with_plain_sitk(raw, images, os.path.join(out, PLAIN_PEER_FOLDER), threads=threads)
+            rows.append(row(PLAIN_PEER_ROW, evaluate(labels, os.path.join(out, PLAIN_PEER_FOLDER), dataset_json),
+                            None, seconds, n_cases))
 
     table = markdown(rows, label_names)
     best = max(rows, key=lambda r: r["dice_mean"])
-    best_folder = {"copy the atlas label": "copy", PEER_ROW: PEER_FOLDER,
+    best_folder = {"copy the atlas label": "copy", PEER_ROW: PEER_FOLDER, PLAIN_PEER_ROW: PLAIN_PEER_FOLDER,
                    **{label: folder for label, folder, _ in methods}}[best["method"]]
     median_case_overlay(best, os.path.join(out, best_folder), raw, os.path.join(out, "median_case_best_method.png"))
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}"

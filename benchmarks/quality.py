@@ -1,10 +1,10 @@
 """Quality benchmark: run the public CLI end to end on a raw dataset and print one table of methods.
 
 Rows: the atlas label copied unchanged (no registration), affine-only atlas copy, SimpleITK's diffeomorphic demons
-after the same affine (the classical peer on osmedseg's registration grid, ``demons_peer.py``), SimpleITK's own
-affine and demons on each test image's native grid (the plain peer, ``plain_sitk_peer.py``; both peers on all cores,
-``--no_demons`` leaves them out), registration baseline, student without hint, student with hint (and any further
-trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
+after the same affine (the classical peer on osmedseg's registration grid, ``demons_peer.py``, on all cores),
+SimpleITK's own affine and demons on each test image's native grid (the plain peer, ``plain_sitk_peer.py``, on one
+core; ``--no_demons`` leaves both out), registration baseline, student without hint, student with hint (and any
+further trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
 minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the median test
 case of the best method into --out.
 
@@ -196,12 +196,11 @@ def main() -> None:
         rows.append(row(label, evaluate(labels, os.path.join(out, folder), dataset_json), train_minutes, seconds,
                         n_cases))
         if folder == "affine" and not args.no_demons:
-            threads = os.cpu_count() or 1
             seconds = predict_with_demons(os.path.join(roots["results"], name, "OSMedSegTrainer__osmPlans"), images,
-                                          os.path.join(out, PEER_FOLDER), threads=threads)
+                                          os.path.join(out, PEER_FOLDER), threads=os.cpu_count() or 1)
             rows.append(row(PEER_ROW, evaluate(labels, os.path.join(out, PEER_FOLDER), dataset_json), None, seconds,
                             n_cases))
-            seconds = predict_with_plain_sitk(raw, images, os.path.join(out, PLAIN_PEER_FOLDER), threads=threads)
+            seconds = predict_with_plain_sitk(raw, images, os.path.join(out, PLAIN_PEER_FOLDER))
             rows.append(row(PLAIN_PEER_ROW, evaluate(labels, os.path.join(out, PLAIN_PEER_FOLDER), dataset_json),
                             None, seconds, n_cases))
 

@@ -88,7 +88,7 @@ def test_predict_folder_writes_each_label_in_its_test_images_grid(pair, tmp_path
     sitk.WriteImage(atlas_image, str(raw / "imagesTr" / "atlas_0000.nii.gz"))
     sitk.WriteImage(atlas_label, str(raw / "labelsTr" / "atlas.nii.gz"))
     sitk.WriteImage(target_image, str(raw / "imagesTs" / "case_0000.nii.gz"))
-    seconds = predict_folder(str(raw), str(raw / "imagesTs"), str(out), threads=1)
+    seconds = predict_folder(str(raw), str(raw / "imagesTs"), str(out))
     assert seconds > 0 and sorted(os.listdir(out)) == ["case.nii.gz"]  # no temporary left behind
     written = sitk.ReadImage(str(out / "case.nii.gz"))
     assert written.GetSize() == target_image.GetSize() and written.GetOrigin() == target_image.GetOrigin()

@@ -4,9 +4,9 @@ Rows: the atlas label copied unchanged (no registration), affine-only atlas copy
 after the same affine (the classical peer on osmedseg's registration grid, ``demons_peer.py``, on all cores),
 SimpleITK's own affine and demons on each test image's native grid (the plain peer, ``plain_sitk_peer.py``, on one
 core; ``--no_demons`` leaves both out), registration baseline, student without hint, student with hint (and any
-further trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95, training
-minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the median test
-case of the best method into --out.
+further trainers given with --extra_trainers). Columns: Dice mean and std over test cases, per-label Dice, HD95,
+training minutes and prediction seconds per case. Writes the table as Markdown and JSON and an overlay PNG of the
+median test case of the best method into --out.
 
     python benchmarks/quality.py -d Demo                       # the README's main job
     python benchmarks/quality.py -d Dataset001_Prostate --reg_epochs 0 --distill_epochs 0   # osm_train's defaults

@@ -38,6 +38,15 @@ def _dice(a: sitk.Image, b: sitk.Image) -> float:
     return 2 * (x & y).sum() / (x.sum() + y.sum())
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """SimpleITK on one thread, as ``predict_folder`` runs it (ITK's sums depend on the thread count)."""
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    yield
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
 @pytest.fixture(scope="module")
 def pair():
     """An atlas, and a target that is the atlas under a known affine (rotation, anisotropic scaling, shift) on a
@@ -64,7 +73,6 @@ def test_register_maps_the_atlas_label_onto_the_target(pair):
     """Affine and demons together recover the known affine (0.83 when written; the mutual-information affine alone is
     noisy on volumes this small, and demons corrects it)."""
     (atlas_image, atlas_label), (target_image, target_label) = pair
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     mapped = sitk.Resample(atlas_label, target_image, register(target_image, atlas_image, iterations=50),
                            sitk.sitkNearestNeighbor, 0)
     copied = sitk.Resample(atlas_label, target_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)

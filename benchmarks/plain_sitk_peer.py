@@ -30,6 +30,7 @@ import SimpleITK as sitk
 
 from demons_peer import HISTOGRAM_LEVELS, ITERATIONS, MATCH_POINTS, SIGMA_VOXELS
 from osmedseg.utilities.atomic import atomic_path
+from osmedseg.utilities.simpleitk_threads import single_threaded_simpleitk
 
 SAMPLING_FRACTION, HISTOGRAM_BINS = 0.1, 32
 SHRINK_FACTORS, SMOOTHING_VOXELS = (4, 2, 1), (2, 1, 0)
@@ -92,10 +93,8 @@ def predict_folder(raw: str, images: str, out: str, spacing: float | None = None
     atlas_image = sitk.ReadImage(os.path.join(raw, "imagesTr", f"{atlas_case}_0000{ending}"), sitk.sitkFloat32)
     atlas_label = sitk.ReadImage(os.path.join(raw, "labelsTr", atlas_case + ending))
     os.makedirs(out, exist_ok=True)
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     start = time.time()
-    try:
+    with single_threaded_simpleitk():
         for name in sorted(os.listdir(images)):
             if not name.endswith("_0000" + ending):
                 continue
@@ -104,8 +103,6 @@ def predict_folder(raw: str, images: str, out: str, spacing: float | None = None
             label = sitk.Resample(atlas_label, image, transform, sitk.sitkNearestNeighbor, 0)
             with atomic_path(os.path.join(out, name.replace("_0000" + ending, ending))) as tmp:
                 sitk.WriteImage(label, tmp)
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return time.time() - start
 
 

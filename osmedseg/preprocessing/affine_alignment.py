@@ -17,16 +17,15 @@ same process is single-threaded while an alignment runs. Failures never raise: t
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import SimpleITK as sitk
 
 from osmedseg.errors import OsmError
 from osmedseg.io import Geometry
+from osmedseg.utilities.simpleitk_threads import single_threaded_simpleitk
 
 Mode = Literal["rigid", "similarity", "affine"]
 
@@ -48,7 +47,6 @@ _SHRINK_FACTORS = (4, 2, 1)
 _ITERATIONS = 100
 _MIN_STEP = 1e-3  # sub-voxel on the test phantom; 1e-4 is ~5x more accurate and ~4x slower
 _METRIC_TOLERANCE = 0.01  # relative: a final metric worse than a starting point by more than this keeps that point
-_SIMPLEITK_THREAD_COUNT = threading.Lock()  # held while an alignment changes SimpleITK's process-wide count
 
 
 @dataclass
@@ -120,7 +118,7 @@ def align_to_atlas(moving: np.ndarray, moving_geometry: Geometry, atlas: np.ndar
     fixed_image = _to_image(atlas_normalised, atlas_geometry)
     moving_image = _to_image(moving_normalised, moving_geometry)
     registration_seed = seed % (2**32 - 1) + 1  # SimpleITK reads seed 0 as "use the wall clock"
-    with _single_threaded():
+    with single_threaded_simpleitk():
         return _align(fixed_image, moving_image, registration_seed, mode, min_ncc)
 
 
@@ -252,17 +250,6 @@ def _metric_value(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
     registration.SetMetricSamplingPercentage(_sampling_fraction(fixed, 1), seed)
     registration.SetInitialTransform(transform, inPlace=False)
     return float(registration.MetricEvaluate(fixed, moving))
-
-
-@contextmanager
-def _single_threaded() -> Iterator[None]:
-    with _SIMPLEITK_THREAD_COUNT:
-        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-        try:
-            yield
-        finally:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def _shrink_factors(*images: sitk.Image) -> tuple[int, ...]:

@@ -12,6 +12,8 @@ import SimpleITK as sitk
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 from plain_sitk_peer import predict_folder, register, working_grid  # noqa: E402
 
+from osmedseg.utilities.simpleitk_threads import single_threaded_simpleitk  # noqa: E402
+
 SPACING = (1.5, 1.2, 1.0)  # x, y, z in mm
 
 
@@ -41,10 +43,8 @@ def _dice(a: sitk.Image, b: sitk.Image) -> float:
 @pytest.fixture(autouse=True)
 def one_thread():
     """SimpleITK on one thread, as ``predict_folder`` runs it (ITK's sums depend on the thread count)."""
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    yield
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    with single_threaded_simpleitk():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -33,25 +33,27 @@ class DemonsPredictor(RegistrationPredictor):
     """The registration baseline with SimpleITK's diffeomorphic demons in place of the learned network."""
 
     def __init__(self, run: RunFolder, iterations: int = ITERATIONS, sigma_voxels: float = SIGMA_VOXELS,
-                 seed: int = 12345):
+                 threads: int = 1, seed: int = 12345):
         super().__init__(run, deformable=False, seed=seed)
-        self.iterations, self.sigma_voxels = iterations, sigma_voxels
+        self.iterations, self.sigma_voxels, self.threads = iterations, sigma_voxels, threads
 
     def flow(self, target_grid: np.ndarray) -> torch.Tensor:
         """Demons displacement of the atlas onto the target's first channel, in grid voxels (1 x 3 x grid)."""
         return demons_flow(self.registration.atlas.grid_image[0], target_grid[0], self.plans.registration.spacing,
-                           self.iterations, self.sigma_voxels)
+                           self.iterations, self.sigma_voxels, self.threads)
 
 
 def demons_flow(atlas: np.ndarray, target: np.ndarray, spacing: list[float], iterations: int,
-                sigma_voxels: float) -> torch.Tensor:
+                sigma_voxels: float, threads: int = 1) -> torch.Tensor:
     """Diffeomorphic demons from ``atlas`` (histogram-matched) onto ``target`` (Z, Y, X arrays with ``spacing`` in
-    mm, z first), as osmedseg's flow: 1 x 3 (z, y, x) x Z x Y x X in voxels, ``warp(atlas, flow)`` ~ target."""
+    mm, z first), as osmedseg's flow: 1 x 3 (z, y, x) x Z x Y x X in voxels, ``warp(atlas, flow)`` ~ target.
+    ``threads`` is the demons filter's own thread count; SimpleITK's process-wide default is left alone."""
     fixed = _grid_image(target, spacing)
     moving = sitk.HistogramMatching(_grid_image(atlas, spacing), fixed, HISTOGRAM_LEVELS, MATCH_POINTS)
     demons = sitk.DiffeomorphicDemonsRegistrationFilter()
     demons.SetNumberOfIterations(iterations)
     demons.SetStandardDeviations(sigma_voxels)  # ITK smooths the field in voxel units, whatever the spacing
+    demons.SetNumberOfThreads(threads)
     field = sitk.GetArrayFromImage(demons.Execute(fixed, moving))  # Z, Y, X, (x, y, z) in mm
     voxels = field[..., ::-1] / np.asarray(spacing)
     return torch.from_numpy(np.ascontiguousarray(voxels.transpose(3, 0, 1, 2)))[None].float()
@@ -70,8 +72,7 @@ def predict_folder(run_folder: str, images: str, out: str, iterations: int = ITE
     (atomic writes); returns the seconds taken."""
     run = RunFolder(run_folder)
     dataset_json = load_dataset_json_file(run.file("dataset.json"))
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    predictor = DemonsPredictor(run, iterations, sigma_voxels)
+    predictor = DemonsPredictor(run, iterations, sigma_voxels, threads)
     start = time.time()
     predict_cases(predictor, images, out, dataset_json["file_ending"], len(dataset_json["channel_names"]),
                   disable_pbar=True)

@@ -25,10 +25,14 @@ import sys
 import time
 
 import numpy as np
+import SimpleITK as sitk
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demons_peer import predict_folder as predict_with_demons  # noqa: E402
 from plain_sitk_peer import predict_folder as predict_with_plain_sitk  # noqa: E402
+
+from osmedseg.dataset.cases import load_raw_dataset  # noqa: E402
+from osmedseg.utilities.atomic import atomic_path  # noqa: E402
 
 DEFAULT_ROOT = os.path.abspath("osmedseg_data")
 PEER_ROW, PEER_FOLDER = "SimpleITK demons after our affine (peer)", "demons"
@@ -79,19 +83,15 @@ def evaluate(ref: str, pred: str, dataset_json: str) -> dict:
 def copy_atlas_label(raw: str, out: str) -> float:
     """The ``copy the atlas label`` floor: the atlas label resampled, unchanged, into each test image's grid
     (physical coordinates, no registration). Returns the seconds taken."""
-    import SimpleITK as sitk
-
     start = time.time()
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(raw, "dataset.json")) as f:
-        ending = json.load(f)["file_ending"]
-    atlas_label = sitk.ReadImage(os.path.join(raw, "labelsTr", sorted(os.listdir(os.path.join(raw, "labelsTr")))[0]))
-    for name in sorted(os.listdir(os.path.join(raw, "imagesTs"))):
-        if not name.endswith("_0000" + ending):
-            continue
-        image = sitk.ReadImage(os.path.join(raw, "imagesTs", name))
+    dataset = load_raw_dataset(raw)
+    atlas_label = sitk.ReadImage(dataset.atlases[0].label_file)
+    for case in dataset.test:
+        image = sitk.ReadImage(case.image_files[0])
         copied = sitk.Resample(atlas_label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        sitk.WriteImage(copied, os.path.join(out, name.replace("_0000" + ending, ending)))
+        with atomic_path(os.path.join(out, case.case_id + dataset.file_ending)) as tmp:
+            sitk.WriteImage(copied, tmp)
     return time.time() - start
 
 

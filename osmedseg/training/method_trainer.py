@@ -29,8 +29,6 @@ from osmedseg.training.time_estimate import distillation_seconds, estimate, regi
 from osmedseg.utilities.atomic import atomic_path, save_json_atomic
 from osmedseg.utilities.device import distributed_context, init_process_group, resolve_device
 
-SYNTHESIS_OPTIONS = ("appearance_transfer",)
-
 
 class MethodTrainer:
     """Runs the stages of a method in order, skipping stages whose final checkpoint exists.

@@ -19,12 +19,6 @@ import numpy as np
 from osmedseg.utilities.label_depth import structure_depths
 
 
-def boundary_confidence(label: np.ndarray, spacing: list[float], uncertainty_mm: float) -> np.ndarray:
-    """Per-voxel weights in [0, 1] for a pseudo-label map ``label`` (Z, Y, X; non-negative label values, any dtype)
-    with voxel ``spacing`` (mm): the first factor alone."""
-    return pseudo_label_weights(label, spacing, uncertainty_mm)
-
-
 def pseudo_label_weights(label: np.ndarray, spacing: list[float], uncertainty_mm: float,
                          agreement: np.ndarray | None = None, boundary: bool = True) -> np.ndarray:
     """Weights in [0, 1] of a pseudo-label map ``label`` (Z, Y, X): the boundary confidence (when ``boundary``)

@@ -1,7 +1,6 @@
 """Per-epoch training log: one flushed line per epoch, a JSON history and ``progress.png``."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -62,11 +61,3 @@ class RunLog:
         with atomic_path(os.path.join(self.folder, "progress.png")) as tmp:
             fig.savefig(tmp, format="png", dpi=80)
         plt.close(fig)
-
-    @staticmethod
-    def load_history(folder: str) -> dict:
-        path = os.path.join(folder, "history.json")
-        if not os.path.isfile(path):
-            return {}
-        with open(path) as f:
-            return json.load(f)

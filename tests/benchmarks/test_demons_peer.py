@@ -62,3 +62,17 @@ def test_demons_moves_the_atlas_towards_the_target(pair):
         return 2 * ((a > 0.5) & (b > 0.5)).sum() / ((a > 0.5).sum() + (b > 0.5).sum())
 
     assert dice(warped, target) > dice(atlas, target) + 0.07  # 0.77 -> 0.87 when written
+
+
+def test_thread_count_is_the_filters_own(pair):
+    """``threads`` sets the demons filter's count and leaves SimpleITK's process-wide default as it was (the peer
+    once set the global default and left it set for everything that ran after it)."""
+    atlas, target, spacing = pair
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(3)
+    try:
+        one, two = (demons_flow(atlas, target, spacing, 20, 1.5, threads=n) for n in (1, 2))
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 3
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    torch.testing.assert_close(one, two, atol=1e-4, rtol=0)

@@ -9,7 +9,7 @@ from osmedseg.training.augmentation import training_transforms
 from osmedseg.training.distillation_stage import SEG_KEYS, training_sample
 from osmedseg.training.losses import DiceCELoss
 from osmedseg.training.patch_sampler import PatchSampler
-from osmedseg.training.pseudo_labels import boundary_confidence, pseudo_label_weights
+from osmedseg.training.pseudo_labels import pseudo_label_weights
 
 
 def _cube() -> np.ndarray:
@@ -20,7 +20,7 @@ def _cube() -> np.ndarray:
 
 def test_weights_are_in_unit_range_and_follow_the_distance_to_a_boundary():
     label = _cube()
-    weights = boundary_confidence(label, [1.0, 1.0, 1.0], uncertainty_mm=3.0)
+    weights = pseudo_label_weights(label, [1.0, 1.0, 1.0], uncertainty_mm=3.0)
     assert weights.dtype == np.float32 and weights.min() >= 0 and weights.max() <= 1
     # voxels on either side of the interface are half a voxel from it: 0.5 mm of 3 mm
     assert weights[5, 10, 10] == np.float32(0.5 / 3) and weights[4, 10, 10] == np.float32(0.5 / 3)
@@ -28,14 +28,14 @@ def test_weights_are_in_unit_range_and_follow_the_distance_to_a_boundary():
     assert np.all(np.diff(profile) >= 0) and profile[0] < 0.2 and profile[-1] == 1
     assert weights[10, 10, 7] == np.float32(2.5 / 3)  # 2.5 mm from the interface, 3 mm of uncertainty
     assert weights[0, 0, 0] == 1  # far in the background
-    coarse = boundary_confidence(label, [1.0, 1.0, 1.0], uncertainty_mm=6.0)
+    coarse = pseudo_label_weights(label, [1.0, 1.0, 1.0], uncertainty_mm=6.0)
     assert (coarse <= weights).all() and (coarse < weights).any()  # a coarser registration is trusted less
-    assert (boundary_confidence(np.zeros((4, 4, 4), np.int16), [1, 1, 1], 2.0) == 1).all()
+    assert (pseudo_label_weights(np.zeros((4, 4, 4), np.int16), [1, 1, 1], 2.0) == 1).all()
 
 
 def test_anisotropic_spacing_counts_in_millimetres():
     label = _cube()
-    weights = boundary_confidence(label, [3.0, 1.0, 1.0], uncertainty_mm=3.0)
+    weights = pseudo_label_weights(label, [3.0, 1.0, 1.0], uncertainty_mm=3.0)
     assert weights[6, 10, 10] == 1  # two 3 mm slices from the outside along z
     assert weights[10, 10, 6] == np.float32(1.5 / 3)  # 1.5 mm from the interface along x
 
@@ -46,12 +46,12 @@ def test_a_structure_thinner_than_the_uncertainty_keeps_its_core():
     label = _cube()
     label[2, 2:18, 2:18] = 2  # a sheet one voxel thick
     label[16:18, 16:18, 2:18] = 3  # a rod two voxels across
-    weights = boundary_confidence(label, [1.0, 1.0, 1.0], uncertainty_mm=3.0)
+    weights = pseudo_label_weights(label, [1.0, 1.0, 1.0], uncertainty_mm=3.0)
     assert (weights[label == 2] == 1).all() and (weights[label == 3] == 1).all()
     assert weights[1, 10, 10] == np.float32(0.5 / 3) and weights[3, 10, 10] == np.float32(0.5 / 3)
     assert weights[10, 10, 7] == np.float32(2.5 / 3)  # the cube is unchanged by its thin neighbours
     # augmented patches carry their labels as floats
-    np.testing.assert_array_equal(boundary_confidence(label.astype(np.float32), [1.0, 1.0, 1.0], 3.0), weights)
+    np.testing.assert_array_equal(pseudo_label_weights(label.astype(np.float32), [1.0, 1.0, 1.0], 3.0), weights)
 
 
 def test_zero_weight_voxels_do_not_train():
@@ -79,7 +79,7 @@ def test_voxels_where_the_two_warps_disagree_get_no_weight():
     assert weights.min() >= 0 and weights.max() <= 1
     assert (weights[label != affine_label] == 0).all()
     agreeing = label == affine_label
-    np.testing.assert_array_equal(weights[agreeing], boundary_confidence(label, [1.0] * 3, 3.0)[agreeing])
+    np.testing.assert_array_equal(weights[agreeing], pseudo_label_weights(label, [1.0] * 3, 3.0)[agreeing])
     np.testing.assert_array_equal(pseudo_label_weights(label, [1.0] * 3, 3.0, agreement, boundary=False), agreement)
     np.testing.assert_array_equal(pseudo_label_weights(label, [1.0] * 3, 3.0, None, boundary=False),
                                   np.ones(label.shape))

@@ -10,18 +10,22 @@ from torch import Tensor, nn
 
 
 def _box_sum(x: Tensor, window: int) -> Tensor:
-    """Sum of ``x`` (N x 1 x D x H x W) over a centred box, as three 1D convolutions with zero padding.
+    """Sum of ``x`` (N x C x D x H x W) over a centred box, zero outside the volume, as differences of cumulative
+    sums along each axis.
 
-    The window is clamped on each axis to the smallest odd size covering that axis.
+    The cumulative sums run in float64, so the differences keep float32's precision. On the CPU this is 2.4 to 4 times
+    faster, forward and backward, than three 1D convolutions (``benchmarks/ncc_speed.py``). The window is clamped on
+    each axis to the smallest odd size covering that axis.
     """
+    dtype, x = x.dtype, x.to(torch.float64)
     for axis in range(3):
-        k = min(window, x.shape[2 + axis] | 1)
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = k
-        padding = [0, 0, 0]
-        padding[axis] = k // 2
-        x = F.conv3d(x, x.new_ones(shape), padding=padding)
-    return x
+        dim, size = 2 + axis, x.shape[2 + axis]
+        k = min(window, size | 1)
+        padding = [0] * 6  # F.pad lists the last axis first: (x before, x after, y before, ...)
+        padding[2 * (2 - axis)], padding[2 * (2 - axis) + 1] = k // 2 + 1, k // 2
+        cumulative = F.pad(x, padding).cumsum(dim)
+        x = cumulative.narrow(dim, k, size) - cumulative.narrow(dim, 0, size)
+    return x.to(dtype)
 
 
 class LocalNCC(nn.Module):

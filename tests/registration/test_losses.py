@@ -32,6 +32,14 @@ def test_ncc_matches_brute_force():
     assert LocalNCC(window=3)(i, j).item() == pytest.approx(expected, rel=1e-9)
 
 
+def test_ncc_gradient_matches_finite_differences():
+    """The cumulative-sum box sums are differentiated by autograd; check them against finite differences."""
+    g = torch.Generator().manual_seed(2)
+    i = torch.rand(2, 1, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    j = torch.rand(2, 1, 4, 5, 6, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: LocalNCC(window=3)(x, j), (i,))
+
+
 def test_ncc_known_pairs():
     g = torch.Generator().manual_seed(1)
     image, noise = torch.rand(2, 1, 16, 16, 16, generator=g), torch.rand(2, 1, 16, 16, 16, generator=g)

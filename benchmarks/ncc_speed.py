@@ -3,8 +3,7 @@ the textbook separable form, three 1D convolutions per box sum (VoxelMorph's way
 
 For a preprocessed dataset it builds the planned registration network and times, on the planned grid and targets per
 step: the loss alone (forward and backward) and a whole training step (network, warp, loss, backward), each with
-either box sum, alternating so a busy machine slows both alike. It also prints the largest difference of the two
-losses.
+either box sum, alternating so a busy machine slows both alike. It also prints the difference of the two losses.
 
     python benchmarks/ncc_speed.py -d Demo [--repeats 5] [--threads N]
 """
@@ -28,14 +27,16 @@ from osmedseg.training.registration_stage import RegistrationStage
 
 
 def convolution_box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """The peer: the same box sum as three 1D convolutions with zero padding, one axis after the other."""
-    x = x.flatten(0, 1)[:, None]
+    """The peer: the same box sum (N x C x D x H x W) as three 1D convolutions with zero padding, one axis after the
+    other, each channel on its own."""
+    shape = x.shape
+    x = x.reshape(-1, 1, *shape[2:])
     for axis in range(3):
         k = min(window, x.shape[2 + axis] | 1)
-        shape, padding = [1, 1, 1, 1, 1], [0, 0, 0]
-        shape[2 + axis], padding[axis] = k, k // 2
-        x = F.conv3d(x, x.new_ones(shape), padding=padding)
-    return x
+        kernel, padding = [1, 1, 1, 1, 1], [0, 0, 0]
+        kernel[2 + axis], padding[axis] = k, k // 2
+        x = F.conv3d(x, x.new_ones(kernel), padding=padding)
+    return x.reshape(shape)
 
 
 def seconds(function: Callable[[], object]) -> float:
@@ -84,7 +85,7 @@ def main() -> None:
     print("| what | cumulative sums s | convolutions s | speed-up |\n|---|---|---|---|")
     for label, function in (("local NCC, forward and backward", loss_only), ("registration training step", step)):
         ours, theirs = [], []
-        for repeat in range(args.repeats + 1):  # alternate, so load on the machine falls on both; 0 warms up
+        for _ in range(args.repeats + 1):  # alternate, so load on the machine falls on both; 0 warms up
             ours.append(seconds(function))
             with peer:
                 theirs.append(seconds(function))

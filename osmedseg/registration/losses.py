@@ -13,9 +13,10 @@ def _box_sum(x: Tensor, window: int) -> Tensor:
     """Sum of ``x`` (N x C x D x H x W) over a centred box, zero outside the volume, as differences of cumulative
     sums along each axis.
 
-    The cumulative sums run in float64 (float32 on MPS, which has no float64), so the differences keep float32's
-    precision. On the CPU this is 2.4 to 4 times faster, forward and backward, than three 1D convolutions
-    (``benchmarks/ncc_speed.py``). The window is clamped on each axis to the smallest odd size covering that axis.
+    The cumulative sums run in float64, so the differences keep float32's precision; MPS has no float64, so there
+    they run in float32 and lose some precision on large volumes. On the CPU this is 2.4 to 4 times faster, forward
+    and backward, than three 1D convolutions (``benchmarks/ncc_speed.py``). The window is clamped on each axis to the
+    smallest odd size covering that axis.
     """
     dtype = x.dtype
     x = x.to(torch.float32 if x.device.type == "mps" else torch.float64)

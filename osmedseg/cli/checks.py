@@ -60,7 +60,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "osm_train": {"--epochs": AT_LEAST_1, "--iters": AT_LEAST_1, "-lambda_smooth": AT_LEAST_0,
                   "-lambda_contrast": AT_LEAST_0, "-reg_lr": POSITIVE, "-lambda_seg": AT_LEAST_0,
                   "-lambda_rec": AT_LEAST_0, "-lambda_hint": AT_LEAST_0, "-hint_layers": AT_LEAST_1,
-                  "-hint_warmup": UNIT, "-ce_top_fraction": FRACTION, "-real_fraction": UNIT,
+                  "-hint_warmup": UNIT, "-teacher_training": UNIT, "-ce_top_fraction": FRACTION, "-real_fraction": UNIT,
                   "-self_training": UNIT, "-lr": POSITIVE,
                   "-lambda_kd": AT_LEAST_0, "-lambda_con": AT_LEAST_0, "-rec_alpha": AT_LEAST_0,
                   "-kl_beta": AT_LEAST_0, "-switch_probability": UNIT, "-switch_max_boxes": AT_LEAST_1,

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("-hint_layers", type=int, default=None, help="decoder layers the hint loss uses (default 2)")
     dist.add_argument("-hint_warmup", type=float, default=None,
                       help="fraction of the iterations over which the hint weight rises from 0 (default 0.5; 0 = none)")
+    dist.add_argument("-teacher_training", type=float, default=None, metavar="FRACTION",
+                      help="fraction of the iterations over which the reconstruction teacher trains; after it the "
+                           "teacher is frozen and only feeds the hint (default 0.25; 1: throughout)")
     dist.add_argument("-ce_top_fraction", type=float, default=None,
                       help="CE over this hardest fraction of voxels (default 0.1, nnU-Net's TopK10; 1 = plain CE)")
     dist.add_argument("-synthesis", choices=("offline", "on_the_fly"), default=None,
@@ -133,7 +136,8 @@ def stage_options(args: argparse.Namespace) -> dict[str, dict]:
         "synthesis": {"appearance_transfer": args.appearance_transfer},
         "distillation": {"lambda_seg": args.lambda_seg, "lambda_rec": args.lambda_rec,
                          "lambda_hint": args.lambda_hint, "hint_layers": args.hint_layers,
-                         "hint_warmup": args.hint_warmup, "ce_top_fraction": args.ce_top_fraction,
+                         "hint_warmup": args.hint_warmup,
+                         "teacher_training": args.teacher_training, "ce_top_fraction": args.ce_top_fraction,
                          "lambda_kd": args.lambda_kd, "lambda_con": args.lambda_con, "alpha": args.rec_alpha,
                          "beta": args.kl_beta, "switch_probability": args.switch_probability,
                          "switch_max_boxes": args.switch_max_boxes,

@@ -2,13 +2,15 @@
 
 The student segments synthesised images (Dice + CE against the warped atlas labels) and, with probability
 ``real_fraction`` per sample, the real unlabeled images themselves against the same labels (registration
-pseudo-labels, weighted by their confidence: ``pseudo_label_weights``); the teacher reconstructs the real images;
-the hint loss ``1 - cos`` pulls the student's last decoder features towards the teacher's (teacher side detached).
+pseudo-labels, weighted by their confidence: ``pseudo_label_weights``); the teacher reconstructs the real images
+(for the first ``teacher_training`` fraction of the iterations, then it is frozen); the hint loss ``1 - cos`` pulls
+the student's last decoder features towards the teacher's (teacher side detached).
 Every sample lives in a real case's segmentation frame, on the route the predictor uses. Only the student is kept
 for inference.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -29,11 +31,14 @@ SGD_LR, ADAM_LR = 1e-2, 1e-3  # nnU-Net's SGD default; OS-MedSeg's Adam (METHODS
 
 
 class DistillationStage(StageTrainer):
-    """Trains teacher and student jointly on (synthesised image, synthesised label, real image) triplets.
+    """Trains teacher and student on (synthesised image, synthesised label, real image) triplets: jointly at first,
+    then the student alone against the frozen teacher's hints.
 
     Options: ``lambda_seg``, ``lambda_rec``, ``lambda_hint`` (0 trains the student alone: the DataAug-style
     baseline), ``hint_layers``, ``hint_warmup`` (fraction of the iterations over which the hint weight rises
-    linearly from 0 to ``lambda_hint``, while the teacher learns to reconstruct; 0 for none), ``optimizer``
+    linearly from 0 to ``lambda_hint``, while the teacher learns to reconstruct; 0 for none), ``teacher_training``
+    (fraction of the iterations over which the teacher trains; after it the teacher is frozen and only its forward
+    pass feeds the hint, which saves its backward pass and optimiser step; 1 trains it throughout), ``optimizer``
     ('sgd' with nnU-Net's poly schedule, or 'adam'), ``lr``, ``ce_top_fraction`` (CE over the hardest 10% of
     voxels, nnU-Net's DiceTopK10; 1 for plain CE), ``oversample_foreground``, ``validation_fraction``,
     ``synthesis`` ('offline': the cached pairs, OS-MedSeg's default; 'on_the_fly': also replace
@@ -45,7 +50,8 @@ class DistillationStage(StageTrainer):
     default_epochs = 50
     iterations_per_epoch = 50
     defaults = {"lambda_seg": 1.0, "lambda_rec": 1.0, "lambda_hint": 1.0, "hint_layers": 2, "hint_warmup": 0.5,
-                "optimizer": "sgd", "lr": None, "weight_decay": 3e-5, "ce_top_fraction": 0.1,
+                "teacher_training": 0.25, "optimizer": "sgd", "lr": None, "weight_decay": 3e-5,
+                "ce_top_fraction": 0.1,
                 "oversample_foreground": 0.33, "validation_fraction": 0.1, "real_fraction": 0.5,
                 "pseudo_label_confidence": True, "warp_agreement": True,
                 "synthesis": "offline", "refresh_fraction": 0.5}
@@ -159,13 +165,20 @@ class DistillationStage(StageTrainer):
             total = self.options["lambda_seg"] * seg_loss
             values = {"segmentation": seg_loss}
             if self.uses_teacher:
-                teacher = self.train_modules["teacher"](real)
-                rec_loss = self.reconstruction_loss(teacher["out"].float(), real)
+                teacher_trains = self.teacher_trains()
+                with nullcontext() if teacher_trains else torch.no_grad():
+                    teacher = self.train_modules["teacher"](real)
+                    rec_loss = self.reconstruction_loss(teacher["out"].float(), real)
                 hint_loss = self.hint_loss(student["hints"], teacher["hints"])
-                total = total + self.options["lambda_rec"] * rec_loss + self.hint_weight() * hint_loss
+                reconstruction = self.options["lambda_rec"] * rec_loss if teacher_trains else 0.0
+                total = total + reconstruction + self.hint_weight() * hint_loss
                 values.update(reconstruction=rec_loss, hint=hint_loss)
-        self.backward_and_step(total, list(self.modules))
+        self.backward_and_step(total, [name for name in self.modules if name != "teacher" or self.teacher_trains()])
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in values.items()}}
+
+    def teacher_trains(self) -> bool:
+        """Whether the teacher learns in this iteration: during the first ``teacher_training`` fraction of them."""
+        return self.iteration < self.options["teacher_training"] * self.epochs * self.iterations_per_epoch
 
     def pseudo_label_weights(self, seg: np.ndarray, agreement: np.ndarray, use_real: np.ndarray
                              ) -> torch.Tensor | None:
@@ -244,6 +257,9 @@ def check_options(options: dict) -> None:
         raise OsmError(f"-ce_top_fraction must be in (0, 1], got {top}")
     if warmup is not None and not 0 <= warmup <= 1:
         raise OsmError(f"-hint_warmup must be in [0, 1], got {warmup}")
+    teacher = options.get("teacher_training")
+    if teacher is not None and not 0 <= teacher <= 1:
+        raise OsmError(f"-teacher_training must be in [0, 1], got {teacher}")
     if real is not None and not 0 <= real <= 1:
         raise OsmError(f"-real_fraction must be in [0, 1], got {real}")
     rounds = options.get("self_training")

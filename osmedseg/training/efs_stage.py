@@ -21,7 +21,7 @@ from osmedseg.training.distillation_stage import DistillationStage, training_sam
 from osmedseg.training.losses import class_prototypes, dice_weighted_reconstruction_loss, prototype_info_nce
 from osmedseg.training.regional_switch import regional_switch, switch_boxes
 
-_HINT_OPTIONS = ("hint_layers", "hint_warmup", "lambda_hint")
+_HINT_OPTIONS = ("hint_layers", "hint_warmup", "lambda_hint", "teacher_training")
 
 
 class EFSMedSegStage(DistillationStage):

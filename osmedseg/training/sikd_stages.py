@@ -21,7 +21,7 @@ from osmedseg.training.class_mean import class_mean_image
 from osmedseg.training.distillation_stage import DistillationStage
 
 # the options of OS-MedSeg's reconstruction teacher and hint loss mean nothing here
-_HINT_OPTIONS = ("lambda_rec", "lambda_hint", "hint_layers", "hint_warmup")
+_HINT_OPTIONS = ("lambda_rec", "lambda_hint", "hint_layers", "hint_warmup", "teacher_training")
 SIKD_DEFAULTS = {**{k: v for k, v in DistillationStage.defaults.items() if k not in _HINT_OPTIONS},
                  "lambda_kd": 2.0}
 

@@ -2,13 +2,15 @@
 
 Each stage's iteration is timed on freshly built networks with random inputs of the planned sizes (the training
 networks, data and random state are not touched): a registration step on the grid, a distillation step (data
-augmentation, averaged over several batches; student and teacher forward and backward with all their losses), and
+augmentation, averaged over several batches; student and teacher forward and backward with all their losses,
+and the teacher's forward pass alone for the iterations after it is frozen), and
 the per-epoch validation passes. The registration figure is its maximum: the stage may stop earlier on a validation
 plateau.
 """
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -86,13 +88,15 @@ def distillation_seconds(plans: Plans, channels: int, num_classes: int, options:
     data = torch.from_numpy(augmented["data"]).to(device)
     target = torch.from_numpy(augmented["seg"][:, :1]).long().to(device)
 
-    def step() -> None:
+    def step(teacher_trains: bool = True) -> None:
         out = student(data[:, :channels])
         total = segmentation_loss(out["out"], target)
         if teacher is not None:  # the teacher learns from its reconstruction only (the hint detaches its side)
             real = data[:, channels:]
-            rebuilt = teacher(real)
-            total = total + reconstruction_loss(rebuilt["out"], real) + hint_loss(out["hints"], rebuilt["hints"])
+            with nullcontext() if teacher_trains else torch.no_grad():
+                rebuilt = teacher(real)
+                reconstruction = reconstruction_loss(rebuilt["out"], real)
+            total = total + hint_loss(out["hints"], rebuilt["hints"]) + (reconstruction if teacher_trains else 0.0)
         total.backward()
 
     tile = torch.randn(1, channels, *patch, device=device)
@@ -103,7 +107,12 @@ def distillation_seconds(plans: Plans, channels: int, num_classes: int, options:
 
     tiles = int(np.prod([len(compute_tile_starts(max(s, p), p, VALIDATION_STEP))
                          for s, p in zip(configuration.raw["median_image_size_in_voxels"], patch)]))
-    iteration = seconds_per_call(augment, AUGMENTATION_REPEATS) + seconds_per_call(step)
+    iteration = seconds_per_call(augment, AUGMENTATION_REPEATS)
+    trained = options.get("teacher_training", 1.0) if teacher is not None else 1.0
+    if trained > 0:
+        iteration += trained * seconds_per_call(step)
+    if trained < 1:  # the frozen teacher's iterations: its forward pass only
+        iteration += (1 - trained) * seconds_per_call(lambda: step(teacher_trains=False))
     return iterations * iteration + epochs * validation_volumes * tiles * seconds_per_call(forward)
 
 

@@ -159,13 +159,13 @@ class DistillationStage(StageTrainer):
     def train_step(self, rng: np.random.Generator) -> dict[str, float]:
         batch = self.student_batch(rng)
         synthetic, real, target, weight = batch["image"], batch["real"], batch["target"], batch["weight"]
+        teacher_trains = self.uses_teacher and self.teacher_trains()
         with self.autocast():
             student = self.train_modules["student"](synthetic)
             seg_loss = self.segmentation_loss(student["out"], target, weight)
             total = self.options["lambda_seg"] * seg_loss
             values = {"segmentation": seg_loss}
             if self.uses_teacher:
-                teacher_trains = self.teacher_trains()
                 with nullcontext() if teacher_trains else torch.no_grad():
                     teacher = self.train_modules["teacher"](real)
                     rec_loss = self.reconstruction_loss(teacher["out"].float(), real)
@@ -173,12 +173,16 @@ class DistillationStage(StageTrainer):
                 reconstruction = self.options["lambda_rec"] * rec_loss if teacher_trains else 0.0
                 total = total + reconstruction + self.hint_weight() * hint_loss
                 values.update(reconstruction=rec_loss, hint=hint_loss)
-        self.backward_and_step(total, [name for name in self.modules if name != "teacher" or self.teacher_trains()])
+        self.backward_and_step(total, [name for name in self.modules if name != "teacher" or teacher_trains])
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in values.items()}}
 
     def teacher_trains(self) -> bool:
         """Whether the teacher learns in this iteration: during the first ``teacher_training`` fraction of them."""
-        return self.iteration < self.options["teacher_training"] * self.epochs * self.iterations_per_epoch
+        return self.iteration < self.iterations_in(self.options["teacher_training"])
+
+    def iterations_in(self, fraction: float) -> float:
+        """The number of iterations that make up ``fraction`` of this stage's budget."""
+        return fraction * self.epochs * self.iterations_per_epoch
 
     def pseudo_label_weights(self, seg: np.ndarray, agreement: np.ndarray, use_real: np.ndarray
                              ) -> torch.Tensor | None:
@@ -208,7 +212,7 @@ class DistillationStage(StageTrainer):
         Early on the teacher's features are those of an untrained network; pulling the student towards them only
         slows its segmentation down (measured on the demo), so the hint is phased in as the teacher learns.
         """
-        warmup = self.options["hint_warmup"] * self.epochs * self.iterations_per_epoch
+        warmup = self.iterations_in(self.options["hint_warmup"])
         ramp = 1.0 if warmup <= 0 else min(1.0, (self.iteration + 1) / warmup)
         return self.options["lambda_hint"] * ramp
 

@@ -166,9 +166,8 @@ class DistillationStage(StageTrainer):
             total = self.options["lambda_seg"] * seg_loss
             values = {"segmentation": seg_loss}
             if self.uses_teacher:
-                with nullcontext() if teacher_trains else torch.no_grad():
-                    teacher = self.train_modules["teacher"](real)
-                    rec_loss = self.reconstruction_loss(teacher["out"].float(), real)
+                teacher, rec_loss = teacher_pass(self.train_modules["teacher"], real, self.reconstruction_loss,
+                                                 teacher_trains)
                 hint_loss = self.hint_loss(student["hints"], teacher["hints"])
                 reconstruction = self.options["lambda_rec"] * rec_loss if teacher_trains else 0.0
                 total = total + reconstruction + self.hint_weight() * hint_loss
@@ -252,6 +251,15 @@ class DistillationStage(StageTrainer):
         """What ``networks.saved.build_saved_network`` needs to rebuild the exported student."""
         return {"network": "unet", "architecture": self.plans.segmentation.architecture,
                 "hint_layers": self.modules["student"].hint_layers}
+
+
+def teacher_pass(teacher: torch.nn.Module, real: torch.Tensor, reconstruction_loss: torch.nn.Module,
+                 trains: bool) -> tuple[dict, torch.Tensor]:
+    """The teacher's outputs on the real images and its reconstruction loss; without gradients once it is frozen
+    (``trains`` False), when only its hints are used."""
+    with nullcontext() if trains else torch.no_grad():
+        outputs = teacher(real)
+        return outputs, reconstruction_loss(outputs["out"].float(), real)
 
 
 def check_options(options: dict) -> None:

@@ -10,7 +10,6 @@ plateau.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -23,7 +22,7 @@ from osmedseg.registration.builders import build_registration_modules
 from osmedseg.registration.losses import RegistrationLoss
 from osmedseg.registration.spatial_transformer import warp
 from osmedseg.training.augmentation import enlarged_patch_size, training_transforms
-from osmedseg.training.distillation_stage import SEG_KEYS
+from osmedseg.training.distillation_stage import SEG_KEYS, teacher_pass
 from osmedseg.training.losses import DiceCELoss, HintLoss, ReconstructionLoss
 
 VALIDATION_STEP = 0.5  # sliding-window step of the validation passes
@@ -93,9 +92,7 @@ def distillation_seconds(plans: Plans, channels: int, num_classes: int, options:
         total = segmentation_loss(out["out"], target)
         if teacher is not None:  # the teacher learns from its reconstruction only (the hint detaches its side)
             real = data[:, channels:]
-            with nullcontext() if teacher_trains else torch.no_grad():
-                rebuilt = teacher(real)
-                reconstruction = reconstruction_loss(rebuilt["out"], real)
+            rebuilt, reconstruction = teacher_pass(teacher, real, reconstruction_loss, teacher_trains)
             total = total + hint_loss(out["hints"], rebuilt["hints"]) + (reconstruction if teacher_trains else 0.0)
         total.backward()
 
